@@ -1,0 +1,78 @@
+"""Batch campaigns: recommendations for many customers at one moment (``touchpoint recommend``).
+
+Features are computed from the events strictly before ``as_of`` (so a log that runs past
+``as_of`` is safe to pass), then the same :class:`serving.engine.DecisionEngine` that
+serves HTTP requests ranks the actions under the contact rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.pipeline import compute_features
+from features.schema import NO_ACTION
+from serving.engine import DecisionEngine, ScoredRows
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The recommendation table, and the scored rows behind it (for evaluation)."""
+
+    recommendations: pd.DataFrame
+    customer_ids: pd.Series
+    scored: ScoredRows
+    X: np.ndarray
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """Customer ids, one per line; blank lines are skipped and a ``customer_id`` header is allowed."""
+    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    ids = [line.strip() for line in lines if line.strip()]
+    if ids and ids[0].lower() == "customer_id":
+        ids = ids[1:]
+    if not ids:
+        raise ValueError(f"{path}: no customer ids")
+    return list(dict.fromkeys(ids))  # duplicates would only repeat rows
+
+
+def recommend_batch(
+    engine: DecisionEngine,
+    events: pd.DataFrame,
+    customers: pd.DataFrame | None,
+    as_of: pd.Timestamp,
+    *,
+    ids: Sequence[str] | None = None,
+    top_k: int = 3,
+) -> BatchResult:
+    """Rank the actions for ``ids`` (default: every customer in the log or the customers table).
+
+    Customers with no history still get a recommendation (from their attributes alone), and
+    ``none`` is always among the ranked actions.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    as_of = pd.Timestamp(as_of)
+    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
+    if ids is None:
+        pool = [events["customer_id"].astype(str)]
+        if customers is not None:
+            pool.append(customers["customer_id"].astype(str))
+        ids = list(pd.unique(pd.concat(pool, ignore_index=True)))
+    customer_ids = pd.Series(list(ids), dtype=object, name="customer_id")
+    decisions = pd.DataFrame(
+        {
+            "customer_id": customer_ids,
+            "decision_time": pd.Series([as_of] * len(customer_ids)).astype("datetime64[ns, UTC]"),
+            "action": NO_ACTION,
+        }
+    )
+    features = compute_features(events, decisions, customers, spec=engine.bundle.spec)
+    X = features[list(engine.bundle.spec.feature_names)].to_numpy(dtype=np.float64)
+    scored = engine.score(X, as_of)
+    frame = engine.recommendations_frame(customer_ids, scored, top_k=top_k)
+    return BatchResult(recommendations=frame, customer_ids=customer_ids, scored=scored, X=X)

@@ -1,0 +1,127 @@
+"""The model bundle: everything serving needs, in one folder, with no training code.
+
+Layout::
+
+    bundle.json                 format, version, actions, feature spec, catalog, manifests
+    conversion.<key>.txt        LightGBM text models (key = "all" or an action id)
+    churn.<key>.txt
+
+Nothing is unpickled: models are LightGBM text, the rest is JSON.  A bundle still decides
+whom a company contacts, so load bundles only from paths you trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from features.catalog import Catalog, catalog_from_dict
+from features.schema import NO_ACTION
+from features.spec import FeatureSpec
+from serving.scoring import OutcomeScorer
+
+BUNDLE_FILE = "bundle.json"
+FORMAT_VERSION = 1
+
+
+class BundleError(ValueError):
+    """A bundle folder that is missing, incomplete or of an unknown format."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: models, feature spec, catalog and metadata."""
+
+    path: Path
+    model_version: str
+    actions: tuple[str, ...]
+    spec: FeatureSpec
+    catalog: Catalog
+    conversion: OutcomeScorer
+    churn: OutcomeScorer
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def channel_of(self) -> dict[str, str]:
+        return {a.id: a.channel for a in self.catalog.actions}
+
+
+def save_bundle(
+    folder: str | Path,
+    *,
+    model_version: str,
+    spec: FeatureSpec,
+    catalog: Catalog,
+    conversion: OutcomeScorer,
+    churn: OutcomeScorer,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a bundle atomically: to a temporary sibling folder, then renamed into place."""
+    folder = Path(folder)
+    if conversion.actions != churn.actions or conversion.actions[0] != NO_ACTION:
+        raise BundleError("both scorers must share the action order, with 'none' first")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    manifest = {
+        "format": FORMAT_VERSION,
+        "model_version": model_version,
+        "actions": list(conversion.actions),
+        "feature_spec": spec.to_dict(),
+        "catalog": catalog.to_dict(),
+        "conversion": conversion.save(tmp, "conversion"),
+        "churn": churn.save(tmp, "churn"),
+        "metadata": dict(metadata or {}),
+    }
+    (tmp / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    if folder.exists():
+        _remove_tree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def load_bundle(folder: str | Path) -> Bundle:
+    """Load a bundle folder; :class:`BundleError` says what is wrong with a bad one."""
+    folder = Path(folder)
+    manifest_path = folder / BUNDLE_FILE
+    if not manifest_path.is_file():
+        raise BundleError(f"{folder} is not a model bundle: {BUNDLE_FILE} not found")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: unreadable ({exc})") from exc
+    if manifest.get("format") != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: bundle format {manifest.get('format')!r}, this touchpoint reads "
+            f"format {FORMAT_VERSION}"
+        )
+    try:
+        actions = tuple(manifest["actions"])
+        spec = FeatureSpec.from_dict(manifest["feature_spec"])
+        catalog = catalog_from_dict(manifest["catalog"])
+        conversion = OutcomeScorer.load(folder, manifest["conversion"], actions)
+        churn = OutcomeScorer.load(folder, manifest["churn"], actions)
+    except KeyError as exc:
+        raise BundleError(f"{manifest_path}: missing key {exc}") from exc
+    except Exception as exc:  # LightGBM raises its own error type on a damaged model file
+        raise BundleError(f"{folder}: cannot load the bundle ({exc})") from exc
+    return Bundle(
+        path=folder,
+        model_version=str(manifest["model_version"]),
+        actions=actions,
+        spec=spec,
+        catalog=catalog,
+        conversion=conversion,
+        churn=churn,
+        metadata=manifest.get("metadata", {}),
+    )
+
+
+def _remove_tree(folder: Path) -> None:
+    for child in sorted(folder.rglob("*"), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    folder.rmdir()

@@ -1,0 +1,125 @@
+"""The decision engine: features → contact rules → both models → expected value → ranking.
+
+No FastAPI here: batch recommendation (``touchpoint recommend``), offline policy
+evaluation (``training.evaluation``) and the HTTP service all call :class:`DecisionEngine`,
+so what is evaluated is exactly what serves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.schema import NO_ACTION
+from serving.bundle import Bundle
+from serving.contact_policy import (
+    RULES,
+    action_channels,
+    contact_state_from_features,
+    in_quiet_hours,
+    suppression_codes,
+)
+from serving.policy import action_costs, action_distribution, expected_values, ranking
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """Everything the engine knows about a batch of decision rows; arrays are (n, n_actions)."""
+
+    actions: tuple[str, ...]
+    p_conversion: np.ndarray
+    p_churn: np.ndarray
+    scores: np.ndarray
+    suppression: np.ndarray  # int8 rule codes, 0 = eligible (see contact_policy.RULES)
+
+    @property
+    def eligible(self) -> np.ndarray:
+        return self.suppression == 0
+
+    def ranked(self) -> np.ndarray:
+        """Action codes per row, best eligible first."""
+        return ranking(self.scores, self.eligible)
+
+    def greedy(self) -> np.ndarray:
+        return self.ranked()[:, 0]
+
+    def q_values(self, conversion_value: float, churn_cost: float, costs: np.ndarray) -> np.ndarray:
+        """Expected reward of each action (not relative to none), for doubly robust OPE."""
+        return conversion_value * self.p_conversion - churn_cost * self.p_churn - costs[None, :]
+
+
+class DecisionEngine:
+    """Scores and ranks the candidate actions of feature rows, under the contact rules."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.actions = bundle.actions
+        if self.actions[0] != NO_ACTION:
+            raise ValueError("the bundle's first action must be 'none'")
+        catalog = bundle.catalog
+        self.costs = action_costs(catalog, self.actions)
+        self.channels = action_channels(self.actions, bundle.channel_of)
+        self.conversion_value = catalog.objective.conversion_value
+        self.churn_cost = catalog.objective.churn_cost
+        self.feature_names = list(bundle.spec.feature_names)
+
+    def score(self, X: np.ndarray, decision_time: pd.Series | pd.Timestamp) -> ScoredRows:
+        """Score feature rows (in ``spec.feature_names`` order) decided at ``decision_time``."""
+        X = np.asarray(X, dtype=np.float64)
+        policy = self.bundle.catalog.contact_policy
+        state = contact_state_from_features(
+            X, self.feature_names, channels=self.bundle.spec.channels, policy=policy
+        )
+        quiet = in_quiet_hours(policy, decision_time)
+        if len(quiet) == 1 and len(X) > 1:
+            quiet = np.repeat(quiet, len(X))
+        codes = suppression_codes(state, self.channels, policy, quiet)
+        p_conv = self.bundle.conversion.predict(X)
+        p_churn = self.bundle.churn.predict(X)
+        scores = expected_values(
+            p_conv,
+            p_churn,
+            self.costs,
+            conversion_value=self.conversion_value,
+            churn_cost=self.churn_cost,
+        )
+        return ScoredRows(self.actions, p_conv, p_churn, scores, codes)
+
+    def distribution(self, scored: ScoredRows) -> np.ndarray:
+        """Exact action probabilities under the catalog's exploration settings."""
+        return action_distribution(
+            scored.scores, scored.eligible, self.bundle.catalog.exploration
+        )
+
+    def recommendations_frame(
+        self, customer_ids: pd.Series, scored: ScoredRows, *, top_k: int
+    ) -> pd.DataFrame:
+        """Long table: one row per customer and rank, eligible actions only, best first."""
+        order = scored.ranked()[:, :top_k]
+        n = len(order)
+        rows = np.repeat(np.arange(n), order.shape[1])
+        codes = order.ravel()
+        keep = scored.eligible[rows, codes]
+        rows, codes = rows[keep], codes[keep]
+        # rows is sorted, so a row's rank is its offset from the first entry of its customer.
+        rank = np.arange(len(rows)) - np.searchsorted(rows, rows) + 1
+        suppressed = [
+            ";".join(f"{self.actions[a]}:{RULES[c - 1]}" for a, c in enumerate(r) if c)
+            for r in scored.suppression
+        ]
+        return pd.DataFrame(
+            {
+                "customer_id": customer_ids.to_numpy()[rows],
+                "rank": rank,
+                "action": np.asarray(self.actions, dtype=object)[codes],
+                "channel": np.asarray(
+                    [c or NO_ACTION for c in self.channels], dtype=object
+                )[codes],
+                "score": scored.scores[rows, codes],
+                "p_conversion": scored.p_conversion[rows, codes],
+                "p_churn": scored.p_churn[rows, codes],
+                "suppressed": np.asarray(suppressed, dtype=object)[rows],
+            }
+        )

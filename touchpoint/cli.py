@@ -1,0 +1,405 @@
+"""The ``touchpoint`` console script (CONTRACT §4).
+
+Each subcommand parses its arguments here and hands over to the package that does the
+work.  Heavy imports (pandas, LightGBM, MLflow) happen inside the handlers so that
+``touchpoint --help`` is instant.  Errors that come from bad input (a missing column, an
+invalid catalog, an unreadable file) are printed as one line and exit with status 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from touchpoint import __version__
+
+#: Exit status for bad input (argparse uses 2 for bad arguments too).
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(ValueError):
+    """A command-line value that cannot be used; printed without a traceback."""
+
+
+def log(message: str) -> None:
+    """Progress output: stderr, so stdout stays clean for data and summaries."""
+    print(f"[touchpoint {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean "bad input", imported lazily."""
+    from features.catalog import CatalogError
+    from features.ingest import IngestError
+    from features.mapping import MappingError
+    from serving.bundle import BundleError
+    from training.datasets import SplitError
+
+    return (
+        IngestError,
+        CatalogError,
+        MappingError,
+        BundleError,
+        SplitError,
+        BadInput,
+        FileNotFoundError,
+    )
+
+
+# --------------------------------------------------------------------------- handlers
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from training.simulator import simulate, write_simulation
+
+    log(f"simulating {args.customers:,} customers over {args.days} days (seed {args.seed})")
+    sim = simulate(
+        n_customers=args.customers,
+        days=args.days,
+        seed=args.seed,
+        start=args.start,
+        holdout_share=args.holdout_share,
+        progress=log,
+    )
+    paths = write_simulation(sim, args.out)
+    log(f"{len(sim.events):,} events, {len(sim.customers):,} customers")
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _read_inputs(args: argparse.Namespace, *, quarantine_next_to: Path | None) -> Any:
+    """Read events (and customers, catalog) the same way for every subcommand."""
+    from features.catalog import load_catalog
+    from features.ingest import read_customers, read_events, write_quarantine
+    from features.mapping import load_mapping
+
+    catalog = load_catalog(getattr(args, "catalog", None))
+    mapping = load_mapping(args.mapping) if getattr(args, "mapping", None) else None
+    log(f"reading events from {args.events}")
+    result = read_events(args.events, mapping=mapping, strict=args.strict)
+    log(result.summary())
+    if quarantine_next_to is not None:
+        written = write_quarantine(result.quarantine, quarantine_next_to)
+        if written is not None:
+            log(f"{len(result.quarantine):,} bad rows quarantined in {written}")
+    customers = None
+    if getattr(args, "customers", None):
+        log(f"reading customers from {args.customers}")
+        cres = read_customers(args.customers, strict=args.strict)
+        log(cres.summary())
+        if quarantine_next_to is not None and len(cres.quarantine):
+            target = quarantine_next_to.with_name(quarantine_next_to.stem + ".customers.csv")
+            written = write_quarantine(cres.quarantine, target)
+            log(f"{len(cres.quarantine):,} bad customer rows quarantined in {written}")
+        customers = cres.customers
+    return result.events, customers, catalog
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from features.catalog import load_catalog
+    from features.ingest import read_customers, read_events, write_quarantine
+    from features.mapping import load_mapping
+
+    problems = 0
+    if args.catalog:
+        catalog = load_catalog(args.catalog)
+        print(f"catalog {args.catalog}: ok, {len(catalog.actions)} actions")
+    mapping = load_mapping(args.mapping) if args.mapping else None
+    result = read_events(args.events, mapping=mapping, strict=False)
+    print(f"events {args.events}: {result.summary()}")
+    problems += _print_quarantine(result.quarantine, args.max_rows)
+    if args.quarantine:
+        written = write_quarantine(result.quarantine, Path(args.quarantine))
+        if written is not None:
+            print(f"quarantine written to {written}")
+    customers_ok = True
+    if args.customers:
+        cres = read_customers(args.customers, strict=False)
+        print(f"customers {args.customers}: {cres.summary()}")
+        problems += _print_quarantine(cres.quarantine, args.max_rows)
+        customers_ok = len(cres.customers) > 0
+    if len(result.events) == 0 or not customers_ok:
+        print("nothing valid remains", file=sys.stderr)
+        return 1
+    if args.strict and problems:
+        print(f"{problems} bad rows (--strict)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_quarantine(quarantine: Any, max_rows: int) -> int:
+    for row, reason in quarantine[["row", "reason"]].head(max_rows).itertuples(index=False):
+        print(f"  row {row}: {reason}")
+    if len(quarantine) > max_rows:
+        print(f"  ... and {len(quarantine) - max_rows} more (see --quarantine)")
+    return len(quarantine)
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from features.pipeline import build_feature_table
+    from features.spec import FeatureSpec
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    events, customers, catalog = _read_inputs(args, quarantine_next_to=out)
+    spec = FeatureSpec.from_data(events, customers, channels=catalog.channels, seed=args.seed)
+    log(f"computing {len(spec.feature_names)} features")
+    started = time.perf_counter()
+    table = build_feature_table(events, customers, spec)
+    elapsed = time.perf_counter() - started
+    table.to_parquet(out, index=False)
+    log(
+        f"{len(table):,} decision points from {len(events):,} events in {elapsed:.1f}s "
+        f"({len(events) / max(elapsed, 1e-9):,.0f} events/s)"
+    )
+    print(out)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from training.run import policy_table_text, run_training
+    from training.train import TrainConfig
+
+    events, customers, catalog = _read_inputs(args, quarantine_next_to=None)
+    ground_truth = None
+    gt_path = args.ground_truth or _sibling(args.events, "ground_truth.parquet")
+    if gt_path is not None and Path(gt_path).is_file():
+        log(f"simulator ground truth found: {gt_path}")
+        ground_truth = pd.read_parquet(gt_path)
+    config = TrainConfig(
+        formulation=args.formulation,
+        seed=args.seed,
+        none_per_send=args.none_per_send,
+        n_bootstrap=args.bootstrap,
+        max_train_rows=args.max_train_rows,
+    )
+    summary = run_training(
+        events,
+        customers,
+        catalog,
+        config,
+        data_paths=[args.events, args.customers, args.catalog],
+        experiment=args.experiment,
+        models_dir=Path(args.models_dir),
+        ground_truth=ground_truth,
+        register=not args.no_register,
+        progress=log,
+    )
+    print(f"run_id: {summary.run_id}")
+    print(f"tracking_uri: {summary.tracking_uri}")
+    print(f"bundle: {summary.bundle_dir}")
+    if summary.registered_version:
+        state = "champion" if summary.promoted else "challenger"
+        print(f"registered: touchpoint version {summary.registered_version} ({state})")
+    for key, value in summary.headline.items():
+        print(f"{key}: {value:.4f}")
+    return 0
+
+
+def _sibling(path: str, name: str) -> Path | None:
+    candidate = Path(path).with_name(name)
+    return candidate if candidate.exists() else None
+
+
+def resolve_model(model: str) -> Path:
+    """A bundle folder, or an MLflow model URI (``models:/touchpoint@champion``) fetched locally."""
+    if "://" in model or model.startswith("models:/"):
+        from training.tracking import download_bundle
+
+        log(f"fetching {model} from MLflow")
+        return download_bundle(model)
+    path = Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"--model {model}: no such bundle folder")
+    return path
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from serving.batch import read_ids, recommend_batch
+    from serving.bundle import load_bundle
+    from serving.engine import DecisionEngine
+
+    try:
+        as_of = pd.Timestamp(args.as_of)
+    except ValueError as exc:
+        raise BadInput(f"--as-of {args.as_of!r} is not an ISO-8601 time ({exc})") from exc
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    engine = DecisionEngine(load_bundle(resolve_model(args.model)))
+    log(f"model version {engine.bundle.model_version}")
+    events, customers, _ = _read_inputs(args, quarantine_next_to=out)
+    ids = read_ids(args.ids) if args.ids else None
+    started = time.perf_counter()
+    result = recommend_batch(engine, events, customers, as_of, ids=ids, top_k=args.top_k)
+    elapsed = time.perf_counter() - started
+    result.recommendations.to_csv(out, index=False)
+    top = result.recommendations[result.recommendations["rank"] == 1]["action"].value_counts()
+    log(f"{len(result.customer_ids):,} customers in {elapsed:.1f}s; first choices: "
+        + ", ".join(f"{a} {n:,}" for a, n in top.items()))
+    print(out)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole pipeline on simulated data, each step exactly as a user would run it."""
+    work = Path(args.workdir)
+    data = work / "data"
+    steps: list[list[str]] = [
+        ["simulate", "--out", str(data), "--customers", str(args.customers),
+         "--days", str(args.days), "--seed", str(args.seed)],
+        ["validate", "--events", str(data / "events.parquet"),
+         "--customers", str(data / "customers.parquet"), "--catalog", str(data / "catalog.yaml")],
+        ["features", "--events", str(data / "events.parquet"),
+         "--customers", str(data / "customers.parquet"), "--catalog", str(data / "catalog.yaml"),
+         "--out", str(work / "features.parquet")],
+        ["train", "--events", str(data / "events.parquet"),
+         "--customers", str(data / "customers.parquet"), "--catalog", str(data / "catalog.yaml"),
+         "--experiment", args.experiment, "--seed", str(args.seed)],
+        ["recommend", "--events", str(data / "events.parquet"),
+         "--customers", str(data / "customers.parquet"),
+         "--model", "models:/touchpoint@champion", "--as-of", _end_of(args),
+         "--out", str(work / "recommendations.csv")],
+    ]
+    for step in steps:
+        log("$ touchpoint " + " ".join(step))
+        status = main(step)
+        if status != 0:
+            return status
+    print(f"recommendations: {work / 'recommendations.csv'}")
+    print("MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db")
+    return 0
+
+
+def _end_of(args: argparse.Namespace) -> str:
+    import pandas as pd
+
+    end = pd.Timestamp(args.start, tz="UTC") + pd.Timedelta(days=args.days, hours=12)
+    return end.isoformat()
+
+
+# --------------------------------------------------------------------------- parser
+def _add_input_args(p: argparse.ArgumentParser, *, catalog: bool = True) -> None:
+    p.add_argument("--events", required=True, help="touchpoint log (CSV or Parquet)")
+    p.add_argument("--customers", help="customer attributes and consent (CSV or Parquet)")
+    if catalog:
+        p.add_argument("--catalog", help="catalog YAML (default: the packaged catalog)")
+    p.add_argument(
+        "--mapping", help="vocabulary mapping YAML for logs in another vocabulary"
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="fail on the first bad row instead of quarantining"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="touchpoint",
+        description="Next-best-touchpoint recommender: simulate, validate, features, train, "
+        "recommend, serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"touchpoint {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("simulate", help="write a synthetic touchpoint log with known effects")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--customers", type=int, default=20_000, help="customers (default 20000)")
+    p.add_argument("--days", type=int, default=180, help="days of history (default 180)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--start", default="2026-01-01", help="first day, UTC (default 2026-01-01)")
+    p.add_argument(
+        "--holdout-share",
+        type=float,
+        default=0.1,
+        help="share of customers with ground truth at the end of the history (default 0.1)",
+    )
+    p.set_defaults(handler=cmd_simulate)
+
+    p = sub.add_parser("validate", help="report what is wrong with a log, row by row")
+    _add_input_args(p)
+    p.add_argument("--quarantine", help="write the bad rows (with reasons) to this CSV")
+    p.add_argument(
+        "--max-rows", type=int, default=50, help="bad rows printed per file (default 50)"
+    )
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("features", help="write the point-in-time decision-point feature table")
+    _add_input_args(p)
+    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for the sampled no-action moments (default 0)"
+    )
+    p.set_defaults(handler=cmd_features)
+
+    p = sub.add_parser("train", help="train, evaluate, log to MLflow, register and bundle")
+    _add_input_args(p)
+    p.add_argument("--experiment", default="touchpoint", help="MLflow experiment (default touchpoint)")
+    p.add_argument(
+        "--formulation",
+        choices=["compare", "single", "per_action"],
+        default="compare",
+        help="one model with the action as a feature, one model per action, or fit both "
+        "and keep the better on validation (default compare)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--none-per-send", type=float, default=1.0,
+        help="sampled no-action decision points per send (default 1.0)",
+    )
+    p.add_argument("--bootstrap", type=int, default=500, help="bootstrap samples for OPE CIs (default 500)")
+    p.add_argument(
+        "--max-train-rows", type=int, default=1_000_000,
+        help="random subset of training rows beyond this (default 1000000)",
+    )
+    p.add_argument("--models-dir", default="models", help="where bundles are written (default models/)")
+    p.add_argument(
+        "--ground-truth",
+        help="simulator ground truth (default: ground_truth.parquet next to --events, if present)",
+    )
+    p.add_argument("--no-register", action="store_true", help="log the run but do not register")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("recommend", help="batch recommendations as of a time")
+    _add_input_args(p, catalog=False)
+    p.add_argument("--model", required=True, help="bundle folder or models:/touchpoint@champion")
+    p.add_argument("--as-of", required=True, help="use only events strictly before this time (ISO-8601)")
+    p.add_argument("--ids", help="file of customer ids, one per line (default: all customers)")
+    p.add_argument("--top-k", type=int, default=3, help="ranked actions per customer (default 3)")
+    p.add_argument("--out", required=True, help="output CSV")
+    p.set_defaults(handler=cmd_recommend)
+
+    p = sub.add_parser("demo", help="simulate, validate, featurize, train and recommend, end to end")
+    p.add_argument("--workdir", default="out/demo", help="where data and outputs go (default out/demo)")
+    p.add_argument("--customers", type=int, default=10_000, help="simulated customers (default 10000)")
+    p.add_argument("--days", type=int, default=300, help="simulated days (default 300)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--start", default="2026-01-01", help=argparse.SUPPRESS)
+    p.add_argument("--experiment", default="touchpoint-demo", help="MLflow experiment")
+    p.set_defaults(handler=cmd_demo)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("touchpoint: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if isinstance(exc, _input_errors()):
+            print(f"touchpoint {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""A training run as MLflow records it: params, data hash, metrics, plots, bundle, registry.
+
+The registered model ``touchpoint`` gets the alias ``challenger`` on every run; it becomes
+``champion`` only when its policy value (DR estimate) beats the current champion's on this
+run's test data — both policies scored on the same decision points, with the same
+propensities and rewards.  The decision and its figures are logged on the run.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+
+from features.catalog import Catalog
+from features.pipeline import compute_features
+from serving.bundle import load_bundle
+from serving.engine import DecisionEngine
+from training import plots, tracking
+from training.evaluation import LoggedRounds, policy_value_table, summarize_policy_table
+from training.train import TrainConfig, TrainResult, fit_and_evaluate
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunSummary:
+    """What ``touchpoint train`` prints at the end."""
+
+    run_id: str
+    experiment: str
+    tracking_uri: str
+    bundle_dir: Path
+    registered_version: str | None
+    promoted: bool
+    headline: dict[str, float]
+
+
+def run_training(
+    events: pd.DataFrame,
+    customers: pd.DataFrame | None,
+    catalog: Catalog,
+    config: TrainConfig,
+    *,
+    data_paths: list[str | Path | None],
+    experiment: str = tracking.DEFAULT_EXPERIMENT,
+    models_dir: Path = Path("models"),
+    ground_truth: pd.DataFrame | None = None,
+    register: bool = True,
+    progress: Progress = lambda _msg: None,
+) -> RunSummary:
+    """Train, evaluate and log one run; register and maybe promote its model."""
+    uri = tracking.configure(experiment)
+    progress(f"MLflow tracking URI: {uri}, experiment {experiment!r}")
+    with mlflow.start_run() as run:
+        run_id = run.info.run_id
+        progress(f"MLflow run {run_id}")
+        tracking.log_params(
+            {
+                "config": asdict(config),
+                "catalog": catalog.to_dict(),
+                "data": {"sha256": tracking.data_hash(*data_paths)},
+            }
+        )
+        mlflow.log_dict(catalog.to_dict(), "catalog.json")
+        bundle_dir = Path(models_dir) / f"touchpoint-{run_id[:12]}"
+        result = fit_and_evaluate(
+            events,
+            customers,
+            catalog,
+            config,
+            bundle_dir=bundle_dir,
+            model_version=run_id[:12],
+            progress=progress,
+        )
+        metrics = _collect_metrics(result)
+        if ground_truth is not None:
+            from training.truth import simulated_truth
+
+            progress("scoring the policy against the simulator's ground truth")
+            truth, choices = simulated_truth(
+                result.engine, events, customers, ground_truth, catalog,
+                best_single=result.best_single,
+            )
+            metrics.update(truth)
+            mlflow.log_text(choices.to_csv(index=False), "truth_choices.csv")
+        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        mlflow.log_text(result.policy_table.to_csv(index=False), "policy_values.csv")
+        mlflow.log_dict(result.spec.to_dict(), "feature_spec.json")
+        mlflow.set_tags({"formulation": result.formulation, "best_single": result.best_single})
+        _log_plots(result)
+        mlflow.log_artifacts(str(bundle_dir), "bundle")
+
+        version, promoted = None, False
+        if register:
+            version, _ = tracking.log_bundle_model(bundle_dir)
+            if version is not None:
+                tracking.set_alias(tracking.CHALLENGER, version)
+                promoted = _maybe_promote(result, events, customers, catalog, version, progress)
+        headline = {
+            key: metrics[key]
+            for key in (
+                "conversion.auc",
+                "churn.auc",
+                "conversion.ece",
+                "churn.ece",
+                "policy.model.dr",
+                "policy.logging.dr",
+                "policy.no_action.dr",
+                "truth.oracle_fraction.model",
+                "truth.oracle_fraction.best_single",
+                "truth.violations",
+            )
+            if key in metrics
+        }
+        return RunSummary(
+            run_id=run_id,
+            experiment=experiment,
+            tracking_uri=uri,
+            bundle_dir=bundle_dir,
+            registered_version=version,
+            promoted=promoted,
+            headline=headline,
+        )
+
+
+def _collect_metrics(result: TrainResult) -> dict[str, float]:
+    metrics = dict(result.metrics)
+    metrics.update(summarize_policy_table(result.policy_table))
+    metrics.update(result.formulation_comparison)
+    metrics.update({f"count.{k}": float(v) for k, v in result.counts.items()})
+    for target, report in result.fit_reports.items():
+        metrics[f"{target}.valid_brier_raw"] = report.valid_brier_raw
+        metrics[f"{target}.valid_brier_calibrated"] = report.valid_brier_calibrated
+        metrics[f"{target}.calibrated"] = float(report.calibrated)
+    return metrics
+
+
+def _log_plots(result: TrainResult) -> None:
+    rounds = result.test_rounds
+    bundle = result.engine.bundle
+    curves = {
+        "conversion": (rounds.conversion, bundle.conversion.predict_logged(rounds.X, rounds.action)),
+        "churn": (rounds.churn, bundle.churn.predict_logged(rounds.X, rounds.action)),
+    }
+    figures = {
+        "plots/calibration.png": plots.calibration_figure(curves),
+        "plots/policy_comparison.png": plots.policy_figure(result.policy_table),
+    }
+    if result.qini_curves:
+        figures["plots/qini_curves.png"] = plots.qini_figure(result.qini_curves)
+    names = list(bundle.spec.feature_names)
+    for target, scorer in (("conversion", bundle.conversion), ("churn", bundle.churn)):
+        gains = _importance(scorer.boosters, len(names))
+        figures[f"plots/importance_{target}.png"] = plots.importance_figure(
+            [*names, "action"], gains, f"What drives the {target} model"
+        )
+    for path, fig in figures.items():
+        mlflow.log_figure(fig, path)
+        plt.close(fig)
+
+
+def _importance(boosters: dict[str, Any], n_features: int) -> np.ndarray:
+    total = np.zeros(n_features + 1)
+    for booster in boosters.values():
+        gain = np.asarray(booster.feature_importance(importance_type="gain"), dtype=float)
+        total[: len(gain)] += gain
+    return total
+
+
+def _maybe_promote(
+    result: TrainResult,
+    events: pd.DataFrame,
+    customers: pd.DataFrame | None,
+    catalog: Catalog,
+    version: str,
+    progress: Progress,
+) -> bool:
+    """Promote to champion when the challenger's DR policy value beats the champion's."""
+    challenger_value = float(
+        result.policy_table.query("policy == 'model' and estimator == 'dr'")["value"].iloc[0]
+    )
+    champion_version = tracking.alias_version(tracking.CHAMPION)
+    champion_value = float("nan")
+    if champion_version is None:
+        promote, reason = True, "no champion yet"
+    else:
+        champion = DecisionEngine(
+            load_bundle(tracking.download_bundle(f"models:/{tracking.MODEL_NAME}@champion"))
+        )
+        champion_value = _champion_value(champion, result, events, customers)
+        # NaN (different action sets) cannot be compared: the newer catalog wins.
+        promote = not np.isfinite(champion_value) or challenger_value > champion_value
+        reason = (
+            f"challenger DR {challenger_value:.4f} vs champion v{champion_version} "
+            f"DR {champion_value:.4f} on the same test decision points"
+        )
+    mlflow.log_metrics(
+        {"promotion.challenger_dr": challenger_value}
+        | ({"promotion.champion_dr": champion_value} if np.isfinite(champion_value) else {})
+    )
+    mlflow.set_tags({"promotion.decision": "promoted" if promote else "kept champion",
+                     "promotion.reason": reason})
+    progress(f"registry: version {version} is challenger; {reason}: "
+             f"{'promoted to champion' if promote else 'champion kept'}")
+    if promote:
+        tracking.set_alias(tracking.CHAMPION, version)
+    return promote
+
+
+def _champion_value(
+    champion: DecisionEngine,
+    result: TrainResult,
+    events: pd.DataFrame,
+    customers: pd.DataFrame | None,
+) -> float:
+    """The champion's DR value on this run's test rounds (its own features and models)."""
+    features = compute_features(events, result.test_decisions, customers, spec=champion.bundle.spec)
+    X = features[list(champion.bundle.spec.feature_names)].to_numpy(dtype=np.float64)
+    r = result.test_rounds
+    if set(champion.actions) != set(result.engine.actions):
+        return float("nan")  # a different action set: the two policies are not comparable
+    codes = np.array([champion.actions.index(a) for a in result.engine.actions])
+    dist = np.zeros_like(r.logging_dist)
+    dist[:, codes] = r.logging_dist
+    rounds = LoggedRounds(
+        X=X,
+        decision_time=r.decision_time,
+        action=codes[r.action],
+        conversion=r.conversion,
+        churn=r.churn,
+        pscore=r.pscore,
+        logging_dist=dist,
+    )
+    table = policy_value_table(champion, rounds, best_single=0, n_bootstrap=50)
+    return float(table.query("policy == 'model' and estimator == 'dr'")["value"].iloc[0])
+
+
+def policy_table_text(table: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    table.to_string(buf, index=False, float_format=lambda v: f"{v:.4f}")
+    return buf.getvalue()

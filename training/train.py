@@ -1,0 +1,278 @@
+"""The training pipeline: features → labels → split → models → evaluation → bundle.
+
+:func:`fit_and_evaluate` does the work and returns everything it measured;
+:mod:`training.run` wraps it in an MLflow run (params, metrics, plots, registry).  Keeping
+the two apart lets tests and notebooks train without touching MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from features.catalog import Catalog
+from features.pipeline import build_feature_table
+from features.schema import NO_ACTION
+from features.spec import FeatureSpec
+from features.stages import StageRules
+from serving.bundle import load_bundle, save_bundle
+from serving.engine import DecisionEngine
+from serving.scoring import OutcomeScorer
+from training.datasets import TimeSplit, make_time_split
+from training.evaluation import (
+    LoggedRounds,
+    choose_best_single_action,
+    model_quality,
+    policy_value_table,
+    uplift_quality,
+)
+from training.labels import LabelWindows, label_decisions
+from training.models import FitReport, fit_outcome_model
+from training.propensity import PropensityModel
+
+Progress = Callable[[str], None]
+FormulationChoice = Literal["single", "per_action", "compare"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; all of it is logged to MLflow."""
+
+    formulation: FormulationChoice = "compare"
+    seed: int = 0
+    num_rounds: int = 1000
+    early_stopping: int = 50
+    none_per_send: float = 1.0
+    train_share: float = 0.6
+    valid_share: float = 0.15
+    n_bootstrap: int = 500
+    max_train_rows: int = 1_000_000
+    lgb_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced and measured."""
+
+    bundle_dir: Path
+    spec: FeatureSpec
+    split: TimeSplit
+    counts: dict[str, int]
+    fit_reports: dict[str, FitReport]
+    formulation: str
+    formulation_comparison: dict[str, float]
+    metrics: dict[str, float]
+    policy_table: pd.DataFrame
+    best_single: str
+    qini_curves: dict[str, tuple[np.ndarray, np.ndarray]]
+    test_rounds: LoggedRounds
+    test_decisions: pd.DataFrame
+    engine: DecisionEngine
+    propensity: PropensityModel
+
+
+def feature_spec_for(
+    events: pd.DataFrame, customers: pd.DataFrame | None, catalog: Catalog, config: TrainConfig
+) -> FeatureSpec:
+    """The feature spec: the catalog's channels, and the contact-policy window among the
+    feature windows (the contact rules read their counts off the features)."""
+    windows = tuple(sorted({7, 30, 90, catalog.contact_policy.window_days}))
+    return FeatureSpec.from_data(
+        events,
+        customers,
+        channels=catalog.channels,
+        windows_days=windows,
+        stage_rules=StageRules.from_dict(dict(catalog.journey or {})),
+        none_per_send=config.none_per_send,
+        seed=config.seed,
+    )
+
+
+def fit_and_evaluate(
+    events: pd.DataFrame,
+    customers: pd.DataFrame | None,
+    catalog: Catalog,
+    config: TrainConfig,
+    *,
+    bundle_dir: Path,
+    model_version: str,
+    progress: Progress = lambda _msg: None,
+) -> TrainResult:
+    """Train the conversion and churn models and evaluate the serving policy on test."""
+    spec = feature_spec_for(events, customers, catalog, config)
+    progress(f"building {spec.n_features} point-in-time features")
+    table = build_feature_table(events, customers, spec)
+    counts: dict[str, int] = {"events": len(events), "decision_points": len(table)}
+
+    actions = (NO_ACTION, *catalog.action_ids)
+    known = table["action"].astype(str).isin(actions)
+    counts["dropped_unknown_action"] = int((~known).sum())
+    if counts["dropped_unknown_action"]:
+        progress(f"dropped {counts['dropped_unknown_action']:,} sends of actions not in the catalog")
+    table = table.loc[known].reset_index(drop=True)
+
+    windows = LabelWindows.from_catalog(catalog)
+    labels = label_decisions(events, table, windows)
+    counts["dropped_censored"] = int(labels["censored"].sum())
+    progress(
+        f"labels: {counts['dropped_censored']:,} right-censored decision points dropped "
+        f"(label window {windows.lookahead_days} days)"
+    )
+    keep = ~labels["censored"].to_numpy()
+    table, labels = table.loc[keep].reset_index(drop=True), labels.loc[keep].reset_index(drop=True)
+
+    split = make_time_split(
+        table["decision_time"],
+        gap_days=windows.lookahead_days,
+        train_share=config.train_share,
+        valid_share=config.valid_share,
+    )
+    part = split.assign(table["decision_time"]).to_numpy()
+    codes = pd.Categorical(table["action"].astype(str), categories=actions).codes.astype(np.int64)
+    X = table[list(spec.feature_names)].to_numpy(dtype=np.float64)
+    y_conv = labels["conversion"].to_numpy(dtype=np.float64)
+    y_churn = labels["churn"].to_numpy(dtype=np.float64)
+
+    train_idx = _cap_rows(np.flatnonzero(part == "train"), config.max_train_rows, config.seed)
+    valid_idx, test_idx = np.flatnonzero(part == "valid"), np.flatnonzero(part == "test")
+    for name, idx in (("train", train_idx), ("valid", valid_idx), ("test", test_idx)):
+        counts[f"rows_{name}"] = len(idx)
+    progress(
+        f"split: {len(train_idx):,} train / {len(valid_idx):,} valid / {len(test_idx):,} test "
+        f"decision points ({split.gap_days}-day gaps)"
+    )
+
+    progress("fitting the logging-policy (propensity) model")
+    propensity = PropensityModel(n_actions=len(actions), seed=config.seed).fit(
+        X[train_idx], codes[train_idx], X[valid_idx], codes[valid_idx]
+    )
+
+    def rounds(idx: np.ndarray) -> LoggedRounds:
+        dist = propensity.predict_proba(X[idx])
+        return LoggedRounds(
+            X=X[idx],
+            decision_time=table["decision_time"].iloc[idx].reset_index(drop=True),
+            action=codes[idx],
+            conversion=y_conv[idx],
+            churn=y_churn[idx],
+            pscore=dist[np.arange(len(idx)), codes[idx]],
+            logging_dist=dist,
+        )
+
+    valid_rounds, test_rounds = rounds(valid_idx), rounds(test_idx)
+    candidates = ["single", "per_action"] if config.formulation == "compare" else [config.formulation]
+    fitted: dict[str, tuple[OutcomeScorer, OutcomeScorer, dict[str, FitReport]]] = {}
+    comparison: dict[str, float] = {}
+    for formulation in candidates:
+        progress(f"fitting conversion and churn models ({formulation} formulation)")
+        scorers = []
+        reports = {}
+        for target, y in (("conversion", y_conv), ("churn", y_churn)):
+            scorer, report = fit_outcome_model(
+                X[train_idx], codes[train_idx], y[train_idx],
+                X[valid_idx], codes[valid_idx], y[valid_idx],
+                actions=actions,
+                formulation=formulation,  # type: ignore[arg-type]
+                params=config.lgb_params,
+                num_rounds=config.num_rounds,
+                early_stopping=config.early_stopping,
+                seed=config.seed,
+                feature_names=list(spec.feature_names),
+            )
+            scorers.append(scorer)
+            reports[target] = report
+        fitted[formulation] = (scorers[0], scorers[1], reports)
+        if len(candidates) > 1:
+            engine = _engine(scorers[0], scorers[1], spec, catalog, bundle_dir, model_version)
+            best = choose_best_single_action(engine, valid_rounds, seed=config.seed)
+            table_v = policy_value_table(
+                engine, valid_rounds, best_single=best, n_bootstrap=50, seed=config.seed
+            )
+            value = float(
+                table_v.query("policy == 'model' and estimator == 'dr'")["value"].iloc[0]
+            )
+            comparison[f"formulation.{formulation}.valid_dr"] = value
+            progress(f"  {formulation}: validation DR policy value {value:.4f}")
+    chosen = (
+        max(candidates, key=lambda f: comparison[f"formulation.{f}.valid_dr"])
+        if len(candidates) > 1
+        else candidates[0]
+    )
+    conversion, churn, fit_reports = fitted[chosen]
+    progress(f"chosen formulation: {chosen}")
+
+    save_bundle(
+        bundle_dir,
+        model_version=model_version,
+        spec=spec,
+        catalog=catalog,
+        conversion=conversion,
+        churn=churn,
+        metadata={"formulation": chosen, "split": split.to_dict(), "seed": config.seed},
+    )
+    # Evaluate the bundle as serving will load it, not the in-memory objects.
+    engine = DecisionEngine(load_bundle(bundle_dir))
+
+    progress("evaluating on the test period")
+    metrics = model_quality(engine, test_rounds)
+    uplift_metrics_, curves = uplift_quality(engine, test_rounds)
+    metrics.update(uplift_metrics_)
+    best_single = choose_best_single_action(engine, valid_rounds, seed=config.seed)
+    policy_table = policy_value_table(
+        engine, test_rounds, best_single=best_single, n_bootstrap=config.n_bootstrap,
+        seed=config.seed,
+    )
+    test_decisions = table.loc[test_idx, ["customer_id", "decision_time", "action"]]
+    return TrainResult(
+        bundle_dir=bundle_dir,
+        spec=spec,
+        split=split,
+        counts=counts,
+        fit_reports=fit_reports,
+        formulation=chosen,
+        formulation_comparison=comparison,
+        metrics=metrics,
+        policy_table=policy_table,
+        best_single=engine.actions[best_single],
+        qini_curves=curves,
+        test_rounds=test_rounds,
+        test_decisions=test_decisions.reset_index(drop=True),
+        engine=engine,
+        propensity=propensity,
+    )
+
+
+def _engine(
+    conversion: OutcomeScorer,
+    churn: OutcomeScorer,
+    spec: FeatureSpec,
+    catalog: Catalog,
+    bundle_dir: Path,
+    model_version: str,
+) -> DecisionEngine:
+    from serving.bundle import Bundle
+
+    return DecisionEngine(
+        Bundle(
+            path=bundle_dir,
+            model_version=model_version,
+            actions=conversion.actions,
+            spec=spec,
+            catalog=catalog,
+            conversion=conversion,
+            churn=churn,
+        )
+    )
+
+
+def _cap_rows(idx: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """A seeded random subset of at most ``cap`` training rows (kept in time order)."""
+    if len(idx) <= cap:
+        return idx
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(idx, size=cap, replace=False))
