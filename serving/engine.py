@@ -89,9 +89,7 @@ class DecisionEngine:
 
     def distribution(self, scored: ScoredRows) -> np.ndarray:
         """Exact action probabilities under the catalog's exploration settings."""
-        return action_distribution(
-            scored.scores, scored.eligible, self.bundle.catalog.exploration
-        )
+        return action_distribution(scored.scores, scored.eligible, self.bundle.catalog.exploration)
 
     def recommendations_frame(
         self, customer_ids: pd.Series, scored: ScoredRows, *, top_k: int
@@ -114,9 +112,7 @@ class DecisionEngine:
                 "customer_id": customer_ids.to_numpy()[rows],
                 "rank": rank,
                 "action": np.asarray(self.actions, dtype=object)[codes],
-                "channel": np.asarray(
-                    [c or NO_ACTION for c in self.channels], dtype=object
-                )[codes],
+                "channel": np.asarray([c or NO_ACTION for c in self.channels], dtype=object)[codes],
                 "score": scored.scores[rows, codes],
                 "p_conversion": scored.p_conversion[rows, codes],
                 "p_churn": scored.p_churn[rows, codes],

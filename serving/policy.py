@@ -91,7 +91,9 @@ def action_distribution(
     return probs
 
 
-def treated_distribution(probs: np.ndarray, control_share: float, none_index: int = 0) -> np.ndarray:
+def treated_distribution(
+    probs: np.ndarray, control_share: float, none_index: int = 0
+) -> np.ndarray:
     """The distribution outside the control group, recovered from :func:`action_distribution`."""
     treated = probs.copy()
     treated[:, none_index] -= control_share
@@ -104,7 +106,9 @@ def sample_actions(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.minimum((probs.cumsum(axis=1) < u).sum(axis=1), probs.shape[1] - 1)
 
 
-def in_control_group(customer_ids: Sequence[str], share: float, salt: str = "touchpoint") -> np.ndarray:
+def in_control_group(
+    customer_ids: Sequence[str], share: float, salt: str = "touchpoint"
+) -> np.ndarray:
     """Stable, random-looking control-group membership from a hash of the customer id.
 
     A hash (not a random draw per request) keeps a customer in or out of the control group

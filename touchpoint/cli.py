@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,14 @@ EXIT_BAD_INPUT = 2
 
 class BadInput(ValueError):
     """A command-line value that cannot be used; printed without a traceback."""
+
+
+def count(text: str) -> int:
+    """An integer argument that also accepts MLflow's float rendering (``5000.0``)."""
+    value = float(text)
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(value)
 
 
 def log(message: str) -> None:
@@ -162,7 +170,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from training.run import policy_table_text, run_training
+    from training.run import run_training
     from training.train import TrainConfig
 
     events, customers, catalog = _read_inputs(args, quarantine_next_to=None)
@@ -241,8 +249,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     result.recommendations.to_csv(out, index=False)
     top = result.recommendations[result.recommendations["rank"] == 1]["action"].value_counts()
-    log(f"{len(result.customer_ids):,} customers in {elapsed:.1f}s; first choices: "
-        + ", ".join(f"{a} {n:,}" for a, n in top.items()))
+    log(
+        f"{len(result.customer_ids):,} customers in {elapsed:.1f}s; first choices: "
+        + ", ".join(f"{a} {n:,}" for a, n in top.items())
+    )
     print(out)
     return 0
 
@@ -252,20 +262,63 @@ def cmd_demo(args: argparse.Namespace) -> int:
     work = Path(args.workdir)
     data = work / "data"
     steps: list[list[str]] = [
-        ["simulate", "--out", str(data), "--customers", str(args.customers),
-         "--days", str(args.days), "--seed", str(args.seed)],
-        ["validate", "--events", str(data / "events.parquet"),
-         "--customers", str(data / "customers.parquet"), "--catalog", str(data / "catalog.yaml")],
-        ["features", "--events", str(data / "events.parquet"),
-         "--customers", str(data / "customers.parquet"), "--catalog", str(data / "catalog.yaml"),
-         "--out", str(work / "features.parquet")],
-        ["train", "--events", str(data / "events.parquet"),
-         "--customers", str(data / "customers.parquet"), "--catalog", str(data / "catalog.yaml"),
-         "--experiment", args.experiment, "--seed", str(args.seed)],
-        ["recommend", "--events", str(data / "events.parquet"),
-         "--customers", str(data / "customers.parquet"),
-         "--model", "models:/touchpoint@champion", "--as-of", _end_of(args),
-         "--out", str(work / "recommendations.csv")],
+        [
+            "simulate",
+            "--out",
+            str(data),
+            "--customers",
+            str(args.customers),
+            "--days",
+            str(args.days),
+            "--seed",
+            str(args.seed),
+        ],
+        [
+            "validate",
+            "--events",
+            str(data / "events.parquet"),
+            "--customers",
+            str(data / "customers.parquet"),
+            "--catalog",
+            str(data / "catalog.yaml"),
+        ],
+        [
+            "features",
+            "--events",
+            str(data / "events.parquet"),
+            "--customers",
+            str(data / "customers.parquet"),
+            "--catalog",
+            str(data / "catalog.yaml"),
+            "--out",
+            str(work / "features.parquet"),
+        ],
+        [
+            "train",
+            "--events",
+            str(data / "events.parquet"),
+            "--customers",
+            str(data / "customers.parquet"),
+            "--catalog",
+            str(data / "catalog.yaml"),
+            "--experiment",
+            args.experiment,
+            "--seed",
+            str(args.seed),
+        ],
+        [
+            "recommend",
+            "--events",
+            str(data / "events.parquet"),
+            "--customers",
+            str(data / "customers.parquet"),
+            "--model",
+            "models:/touchpoint@champion",
+            "--as-of",
+            _end_of(args),
+            "--out",
+            str(work / "recommendations.csv"),
+        ],
     ]
     for step in steps:
         log("$ touchpoint " + " ".join(step))
@@ -290,9 +343,7 @@ def _add_input_args(p: argparse.ArgumentParser, *, catalog: bool = True) -> None
     p.add_argument("--customers", help="customer attributes and consent (CSV or Parquet)")
     if catalog:
         p.add_argument("--catalog", help="catalog YAML (default: the packaged catalog)")
-    p.add_argument(
-        "--mapping", help="vocabulary mapping YAML for logs in another vocabulary"
-    )
+    p.add_argument("--mapping", help="vocabulary mapping YAML for logs in another vocabulary")
     p.add_argument(
         "--strict", action="store_true", help="fail on the first bad row instead of quarantining"
     )
@@ -309,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="write a synthetic touchpoint log with known effects")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--customers", type=int, default=20_000, help="customers (default 20000)")
-    p.add_argument("--days", type=int, default=180, help="days of history (default 180)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--customers", type=count, default=20_000, help="customers (default 20000)")
+    p.add_argument("--days", type=count, default=180, help="days of history (default 180)")
+    p.add_argument("--seed", type=count, default=0, help="random seed (default 0)")
     p.add_argument("--start", default="2026-01-01", help="first day, UTC (default 2026-01-01)")
     p.add_argument(
         "--holdout-share",
@@ -325,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_args(p)
     p.add_argument("--quarantine", help="write the bad rows (with reasons) to this CSV")
     p.add_argument(
-        "--max-rows", type=int, default=50, help="bad rows printed per file (default 50)"
+        "--max-rows", type=count, default=50, help="bad rows printed per file (default 50)"
     )
     p.set_defaults(handler=cmd_validate)
 
@@ -333,31 +384,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_args(p)
     p.add_argument("--out", required=True, help="output Parquet file")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed for the sampled no-action moments (default 0)"
+        "--seed", type=count, default=0, help="seed for the sampled no-action moments (default 0)"
     )
     p.set_defaults(handler=cmd_features)
 
     p = sub.add_parser("train", help="train, evaluate, log to MLflow, register and bundle")
     _add_input_args(p)
-    p.add_argument("--experiment", default="touchpoint", help="MLflow experiment (default touchpoint)")
+    p.add_argument(
+        "--experiment", default="touchpoint", help="MLflow experiment (default touchpoint)"
+    )
     p.add_argument(
         "--formulation",
-        choices=["compare", "single", "per_action"],
+        choices=["compare", "single", "per_action", "offset"],
         default="compare",
-        help="one model with the action as a feature, one model per action, or fit both "
-        "and keep the better on validation (default compare)",
+        help="one model with the action as a feature, one model per action, a pooled base "
+        "with per-action offsets, or fit all three and keep the best on validation "
+        "(default compare)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=count, default=0, help="random seed (default 0)")
     p.add_argument(
-        "--none-per-send", type=float, default=1.0,
+        "--none-per-send",
+        type=float,
+        default=1.0,
         help="sampled no-action decision points per send (default 1.0)",
     )
-    p.add_argument("--bootstrap", type=int, default=500, help="bootstrap samples for OPE CIs (default 500)")
     p.add_argument(
-        "--max-train-rows", type=int, default=1_000_000,
+        "--bootstrap", type=count, default=500, help="bootstrap samples for OPE CIs (default 500)"
+    )
+    p.add_argument(
+        "--max-train-rows",
+        type=count,
+        default=1_000_000,
         help="random subset of training rows beyond this (default 1000000)",
     )
-    p.add_argument("--models-dir", default="models", help="where bundles are written (default models/)")
+    p.add_argument(
+        "--models-dir", default="models", help="where bundles are written (default models/)"
+    )
     p.add_argument(
         "--ground-truth",
         help="simulator ground truth (default: ground_truth.parquet next to --events, if present)",
@@ -368,17 +430,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recommend", help="batch recommendations as of a time")
     _add_input_args(p, catalog=False)
     p.add_argument("--model", required=True, help="bundle folder or models:/touchpoint@champion")
-    p.add_argument("--as-of", required=True, help="use only events strictly before this time (ISO-8601)")
+    p.add_argument(
+        "--as-of", required=True, help="use only events strictly before this time (ISO-8601)"
+    )
     p.add_argument("--ids", help="file of customer ids, one per line (default: all customers)")
-    p.add_argument("--top-k", type=int, default=3, help="ranked actions per customer (default 3)")
+    p.add_argument("--top-k", type=count, default=3, help="ranked actions per customer (default 3)")
     p.add_argument("--out", required=True, help="output CSV")
     p.set_defaults(handler=cmd_recommend)
 
-    p = sub.add_parser("demo", help="simulate, validate, featurize, train and recommend, end to end")
-    p.add_argument("--workdir", default="out/demo", help="where data and outputs go (default out/demo)")
-    p.add_argument("--customers", type=int, default=10_000, help="simulated customers (default 10000)")
-    p.add_argument("--days", type=int, default=300, help="simulated days (default 300)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p = sub.add_parser(
+        "demo", help="simulate, validate, featurize, train and recommend, end to end"
+    )
+    p.add_argument(
+        "--workdir", default="out/demo", help="where data and outputs go (default out/demo)"
+    )
+    p.add_argument(
+        "--customers", type=count, default=10_000, help="simulated customers (default 10000)"
+    )
+    p.add_argument("--days", type=count, default=300, help="simulated days (default 300)")
+    p.add_argument("--seed", type=count, default=0, help="random seed (default 0)")
     p.add_argument("--start", default="2026-01-01", help=argparse.SUPPRESS)
     p.add_argument("--experiment", default="touchpoint-demo", help="MLflow experiment")
     p.set_defaults(handler=cmd_demo)

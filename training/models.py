@@ -36,6 +36,17 @@ DEFAULT_PARAMS: Mapping[str, Any] = {
 }
 DEFAULT_ROUNDS = 1000
 DEFAULT_EARLY_STOPPING = 50
+#: The per-action boosters of the ``offset`` formulation learn a small correction to the
+#: pooled base, so they are kept small and strongly regularized.
+OFFSET_PARAMS: Mapping[str, Any] = {
+    "learning_rate": 0.03,
+    "num_leaves": 7,
+    "min_data_in_leaf": 300,
+    "lambda_l2": 10.0,
+    "feature_fraction": 0.9,
+}
+#: An action needs this many training rows for a model (or an offset) of its own.
+MIN_ACTION_ROWS = 50
 
 
 @dataclass
@@ -87,14 +98,43 @@ def fit_outcome_model(
             cat,
         )
         report.best_iterations["all"] = boosters["all"].best_iteration
+    elif formulation == "offset":
+        names = feature_names or _names(X_train.shape[1])
+        boosters["base"] = _train(
+            X_train, y_train, X_valid, y_valid, p, num_rounds, early_stopping, names, []
+        )
+        report.best_iterations["base"] = boosters["base"].best_iteration
+        base_tr = boosters["base"].predict(X_train, raw_score=True)
+        base_va = boosters["base"].predict(X_valid, raw_score=True)
+        offset_params = {**p, **OFFSET_PARAMS}
+        for code, action in enumerate(actions):
+            tr, va = a_train == code, a_valid == code
+            if tr.sum() < MIN_ACTION_ROWS or va.sum() < MIN_ACTION_ROWS // 5:
+                # Too little evidence for this action: no offset, i.e. the base alone.
+                boosters[action] = _zero_booster(X_train[:MIN_ACTION_ROWS], names)
+                report.best_iterations[action] = 0
+                continue
+            boosters[action] = _train(
+                X_train[tr],
+                y_train[tr],
+                X_valid[va],
+                y_valid[va],
+                offset_params,
+                num_rounds,
+                early_stopping,
+                names,
+                [],
+                init=(base_tr[tr], base_va[va]),
+            )
+            report.best_iterations[action] = boosters[action].best_iteration
     else:
         names = feature_names or _names(X_train.shape[1])
         for code, action in enumerate(actions):
             tr, va = a_train == code, a_valid == code
-            if tr.sum() < 50 or y_train[tr].min() == y_train[tr].max():
+            if tr.sum() < MIN_ACTION_ROWS or y_train[tr].min() == y_train[tr].max():
                 raise ValueError(
                     f"per_action formulation: action {action!r} has {int(tr.sum())} training "
-                    "rows or a single outcome class; use the single formulation"
+                    "rows or a single outcome class; use the offset or single formulation"
                 )
             # Early stopping needs both classes in validation; fall back to the train rows.
             has_valid = va.sum() >= 20 and y_valid[va].min() != y_valid[va].max()
@@ -129,9 +169,13 @@ def _train(
     early_stopping: int,
     names: list[str],
     categorical: list[int],
+    init: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> lgb.Booster:
-    train = lgb.Dataset(X, y, feature_name=names, categorical_feature=categorical or "auto")
-    valid = lgb.Dataset(Xv, yv, reference=train)
+    init_train, init_valid = init if init is not None else (None, None)
+    train = lgb.Dataset(
+        X, y, feature_name=names, categorical_feature=categorical or "auto", init_score=init_train
+    )
+    valid = lgb.Dataset(Xv, yv, reference=train, init_score=init_valid)
     return lgb.train(
         dict(params),
         train,
@@ -190,3 +234,23 @@ def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 def _names(n: int) -> list[str]:
     return [f"f{i}" for i in range(n)]
+
+
+def _zero_booster(X: np.ndarray, names: list[str]) -> lgb.Booster:
+    """A booster whose raw score is 0 everywhere: no offset for a rarely logged action."""
+    y = np.zeros(len(X))
+    y[0] = 1.0
+    data = lgb.Dataset(X, y, feature_name=names, init_score=np.zeros(len(X)))
+    booster = lgb.train(
+        {
+            "objective": "binary",
+            "learning_rate": 1e-12,
+            "num_leaves": 2,
+            "verbose": -1,
+            "min_data_in_leaf": 1,
+            "num_threads": 1,
+        },
+        data,
+        num_boost_round=1,
+    )
+    return booster

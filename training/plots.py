@@ -12,12 +12,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: CI and servers have no display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-from training import uplift_metrics  # noqa: E402
+from training import uplift_metrics
 
 
 def calibration_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:

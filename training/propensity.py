@@ -23,11 +23,13 @@ MIN_PROPENSITY = 1e-3
 
 _PARAMS: Mapping[str, Any] = {
     "objective": "multiclass",
-    "learning_rate": 0.1,
-    "num_leaves": 31,
-    "min_data_in_leaf": 100,
-    "feature_fraction": 0.8,
-    "max_bin": 127,
+    "learning_rate": 0.15,
+    "num_leaves": 15,
+    "min_data_in_leaf": 200,
+    "feature_fraction": 0.5,
+    "bagging_fraction": 0.5,
+    "bagging_freq": 1,
+    "max_bin": 63,
     "num_threads": 2,
     "verbose": -1,
 }
@@ -36,7 +38,7 @@ _PARAMS: Mapping[str, Any] = {
 class PropensityModel:
     """Multiclass LightGBM of the logged action given the features (sklearn-style)."""
 
-    def __init__(self, *, n_actions: int, num_rounds: int = 300, seed: int = 0) -> None:
+    def __init__(self, *, n_actions: int, num_rounds: int = 150, seed: int = 0) -> None:
         self.n_actions = n_actions
         self.num_rounds = num_rounds
         self.seed = seed

@@ -25,9 +25,7 @@ class TouchpointPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         names = list(self.bundle.spec.feature_names)
         X = model_input[names].to_numpy(dtype=np.float64)
-        codes = np.array(
-            [self.bundle.actions.index(a) for a in model_input["action"].astype(str)]
-        )
+        codes = np.array([self.bundle.actions.index(a) for a in model_input["action"].astype(str)])
         return pd.DataFrame(
             {
                 "p_conversion": self.bundle.conversion.predict_logged(X, codes),

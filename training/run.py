@@ -86,7 +86,11 @@ def run_training(
 
             progress("scoring the policy against the simulator's ground truth")
             truth, choices = simulated_truth(
-                result.engine, events, customers, ground_truth, catalog,
+                result.engine,
+                events,
+                customers,
+                ground_truth,
+                catalog,
                 best_single=result.best_single,
             )
             metrics.update(truth)
@@ -147,7 +151,10 @@ def _log_plots(result: TrainResult) -> None:
     rounds = result.test_rounds
     bundle = result.engine.bundle
     curves = {
-        "conversion": (rounds.conversion, bundle.conversion.predict_logged(rounds.X, rounds.action)),
+        "conversion": (
+            rounds.conversion,
+            bundle.conversion.predict_logged(rounds.X, rounds.action),
+        ),
         "churn": (rounds.churn, bundle.churn.predict_logged(rounds.X, rounds.action)),
     }
     figures = {
@@ -206,10 +213,16 @@ def _maybe_promote(
         {"promotion.challenger_dr": challenger_value}
         | ({"promotion.champion_dr": champion_value} if np.isfinite(champion_value) else {})
     )
-    mlflow.set_tags({"promotion.decision": "promoted" if promote else "kept champion",
-                     "promotion.reason": reason})
-    progress(f"registry: version {version} is challenger; {reason}: "
-             f"{'promoted to champion' if promote else 'champion kept'}")
+    mlflow.set_tags(
+        {
+            "promotion.decision": "promoted" if promote else "kept champion",
+            "promotion.reason": reason,
+        }
+    )
+    progress(
+        f"registry: version {version} is challenger; {reason}: "
+        f"{'promoted to champion' if promote else 'champion kept'}"
+    )
     if promote:
         tracking.set_alias(tracking.CHAMPION, version)
     return promote

@@ -36,7 +36,7 @@ from training.models import FitReport, fit_outcome_model
 from training.propensity import PropensityModel
 
 Progress = Callable[[str], None]
-FormulationChoice = Literal["single", "per_action", "compare"]
+FormulationChoice = Literal["single", "per_action", "offset", "compare"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,9 @@ def fit_and_evaluate(
     known = table["action"].astype(str).isin(actions)
     counts["dropped_unknown_action"] = int((~known).sum())
     if counts["dropped_unknown_action"]:
-        progress(f"dropped {counts['dropped_unknown_action']:,} sends of actions not in the catalog")
+        progress(
+            f"dropped {counts['dropped_unknown_action']:,} sends of actions not in the catalog"
+        )
     table = table.loc[known].reset_index(drop=True)
 
     windows = LabelWindows.from_catalog(catalog)
@@ -165,7 +167,11 @@ def fit_and_evaluate(
         )
 
     valid_rounds, test_rounds = rounds(valid_idx), rounds(test_idx)
-    candidates = ["single", "per_action"] if config.formulation == "compare" else [config.formulation]
+    candidates = (
+        ["single", "per_action", "offset"]
+        if config.formulation == "compare"
+        else [config.formulation]
+    )
     fitted: dict[str, tuple[OutcomeScorer, OutcomeScorer, dict[str, FitReport]]] = {}
     comparison: dict[str, float] = {}
     for formulation in candidates:
@@ -174,8 +180,12 @@ def fit_and_evaluate(
         reports = {}
         for target, y in (("conversion", y_conv), ("churn", y_churn)):
             scorer, report = fit_outcome_model(
-                X[train_idx], codes[train_idx], y[train_idx],
-                X[valid_idx], codes[valid_idx], y[valid_idx],
+                X[train_idx],
+                codes[train_idx],
+                y[train_idx],
+                X[valid_idx],
+                codes[valid_idx],
+                y[valid_idx],
                 actions=actions,
                 formulation=formulation,  # type: ignore[arg-type]
                 params=config.lgb_params,
@@ -193,9 +203,7 @@ def fit_and_evaluate(
             table_v = policy_value_table(
                 engine, valid_rounds, best_single=best, n_bootstrap=50, seed=config.seed
             )
-            value = float(
-                table_v.query("policy == 'model' and estimator == 'dr'")["value"].iloc[0]
-            )
+            value = float(table_v.query("policy == 'model' and estimator == 'dr'")["value"].iloc[0])
             comparison[f"formulation.{formulation}.valid_dr"] = value
             progress(f"  {formulation}: validation DR policy value {value:.4f}")
     chosen = (
@@ -224,7 +232,10 @@ def fit_and_evaluate(
     metrics.update(uplift_metrics_)
     best_single = choose_best_single_action(engine, valid_rounds, seed=config.seed)
     policy_table = policy_value_table(
-        engine, test_rounds, best_single=best_single, n_bootstrap=config.n_bootstrap,
+        engine,
+        test_rounds,
+        best_single=best_single,
+        n_bootstrap=config.n_bootstrap,
         seed=config.seed,
     )
     test_decisions = table.loc[test_idx, ["customer_id", "decision_time", "action"]]

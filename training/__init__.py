@@ -1,0 +1,1 @@
+"""Training: simulator, labels, datasets, models, off-policy evaluation, tracking."""
