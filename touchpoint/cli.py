@@ -88,7 +88,7 @@ def _read_inputs(args: argparse.Namespace, *, quarantine_next_to: Path | None) -
     mapping = load_mapping(args.mapping) if getattr(args, "mapping", None) else None
     log(f"reading events from {args.events}")
     result = read_events(args.events, mapping=mapping, strict=args.strict)
-    log(result.summary())
+    log(result.summary_text())
     if quarantine_next_to is not None:
         written = write_quarantine(result.quarantine, quarantine_next_to)
         if written is not None:
@@ -97,7 +97,7 @@ def _read_inputs(args: argparse.Namespace, *, quarantine_next_to: Path | None) -
     if getattr(args, "customers", None):
         log(f"reading customers from {args.customers}")
         cres = read_customers(args.customers, strict=args.strict)
-        log(cres.summary())
+        log(cres.summary_text())
         if quarantine_next_to is not None and len(cres.quarantine):
             target = quarantine_next_to.with_name(quarantine_next_to.stem + ".customers.csv")
             written = write_quarantine(cres.quarantine, target)
@@ -117,7 +117,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"catalog {args.catalog}: ok, {len(catalog.actions)} actions")
     mapping = load_mapping(args.mapping) if args.mapping else None
     result = read_events(args.events, mapping=mapping, strict=False)
-    print(f"events {args.events}: {result.summary()}")
+    print(f"events {args.events}: {result.summary_text()}")
     problems += _print_quarantine(result.quarantine, args.max_rows)
     if args.quarantine:
         written = write_quarantine(result.quarantine, Path(args.quarantine))
@@ -126,7 +126,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     customers_ok = True
     if args.customers:
         cres = read_customers(args.customers, strict=False)
-        print(f"customers {args.customers}: {cres.summary()}")
+        print(f"customers {args.customers}: {cres.summary_text()}")
         problems += _print_quarantine(cres.quarantine, args.max_rows)
         customers_ok = len(cres.customers) > 0
     if len(result.events) == 0 or not customers_ok:

@@ -38,15 +38,23 @@ _PARAMS: Mapping[str, Any] = {
 class PropensityModel:
     """Multiclass LightGBM of the logged action given the features (sklearn-style)."""
 
-    def __init__(self, *, n_actions: int, num_rounds: int = 150, seed: int = 0) -> None:
+    def __init__(
+        self, *, n_actions: int, num_rounds: int = 100, max_rows: int = 100_000, seed: int = 0
+    ) -> None:
         self.n_actions = n_actions
         self.num_rounds = num_rounds
+        self.max_rows = max_rows
         self.seed = seed
 
     def fit(
         self, X: np.ndarray, a: np.ndarray, X_valid: np.ndarray, a_valid: np.ndarray
     ) -> PropensityModel:
         params = {**_PARAMS, "num_class": self.n_actions, "seed": self.seed}
+        if len(X) > self.max_rows:
+            # A multiclass model costs one tree per class per round; a seeded subset keeps
+            # it to seconds, and propensities need far fewer rows than outcomes do.
+            keep = np.random.default_rng(self.seed).choice(len(X), self.max_rows, replace=False)
+            X, a = X[keep], a[keep]
         train = lgb.Dataset(X, a)
         valid = lgb.Dataset(X_valid, a_valid, reference=train)
         self.booster_ = lgb.train(

@@ -207,6 +207,9 @@ def simulate(
 
     state = State.zeros(n)
     alive = np.ones(n, dtype=bool)
+    # The company only knows about churn it is told about: it keeps contacting customers who
+    # left silently (they just never respond), and stops after an explicit churn event.
+    reachable = np.ones(n, dtype=bool)
     churn_day = np.full(n, -1, dtype=np.int64)
     unsub = np.zeros((n, k), dtype=bool)
     all_idx = np.arange(n)
@@ -220,6 +223,7 @@ def simulate(
         alive &= ~churn_now
         cidx = np.flatnonzero(churn_now)
         cidx = cidx[rng.random(cidx.size) < EXPLICIT_CHURN_SHARE]
+        reachable[cidx] = False
         buf.add(
             cidx,
             day0 + rng.integers(0, _DAY_S, cidx.size),
@@ -232,12 +236,16 @@ def simulate(
         p_send, p_act = policy.probabilities(
             days_since, spend, state.fatigue, eligible, world.action_cost
         )
-        send = alive & (rng.random(n) < p_send)
+        send = reachable & (rng.random(n) < p_send)
         sidx = np.flatnonzero(send)
         act = _choose(p_act[sidx], rng.random(sidx.size))
         propensity = p_send[sidx] * p_act[sidx, act]
         send_s = rng.integers(SEND_HOURS[0] * 3600, SEND_HOURS[1] * 3600, sidx.size)
         buf.add(sidx, day0 + send_s, action_ch_code[act], _ET["sent"], act, propensity=propensity)
+        # From here on, only customers who are still there can react to the send.
+        listening = alive[sidx]
+        send_all, act_all = sidx, act
+        sidx, act, send_s = sidx[listening], act[listening], send_s[listening]
 
         # 3. Responses on the same channel, later the same day: affinity shows through.
         ch = world.action_channel[act]
@@ -326,7 +334,7 @@ def simulate(
         days_since = np.where(active_today, 1.0, days_since + 1.0)
         spend = SPEND_DECAY * spend
         np.add.at(spend, bidx, value)
-        end_of_day(world, state, sidx, sidx, act)
+        end_of_day(world, state, send_all, send_all, act_all)
         if progress is not None and (t + 1) % 30 == 0:
             progress(f"simulated day {t + 1}/{days}: {alive.sum()} active, {buf.size} events")
 

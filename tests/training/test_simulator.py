@@ -193,7 +193,15 @@ def test_nothing_happens_after_churn(sim: Simulation) -> None:
     day = _day(sim, ev["timestamp"])
     churners = cd >= 0
     is_churn = (ev["event_type"] == "churn").to_numpy()
-    assert (day[churners & ~is_churn] < cd[churners & ~is_churn]).all()
+    # Silent churners may still be sent to (the company cannot know), but nobody who has
+    # churned ever responds or comes back.
+    is_send = (ev["event_type"] == "sent").to_numpy()
+    reacts = churners & ~is_churn & ~is_send
+    assert (day[reacts] < cd[reacts]).all()
+    explicit = ev.loc[is_churn, "customer_id"].astype(str)
+    told = ev["customer_id"].astype(str).isin(set(explicit)).to_numpy()
+    assert (day[told & is_send] < cd[told & is_send]).all()
+    assert (is_send & churners & (day > cd)).any(), "silent churners are still contacted"
     assert (day[is_churn] == cd[is_churn]).all()
     n_churners = int((churn_day >= 0).sum())
     assert 0.3 < is_churn.sum() / n_churners < 0.9  # ~60% say so, the rest go silent
