@@ -2,9 +2,10 @@
 
 Each outcome gets an :class:`serving.scoring.OutcomeScorer` (the serving-side object), fit
 here with LightGBM's native API and early stopping on the validation part.  Probabilities
-are checked for calibration on held-out validation folds; isotonic calibration is kept only
-when it lowers the Brier score there (trees trained with early stopping are often already
-close to calibrated, and an unneeded calibrator only adds noise).
+are checked for calibration on held-out validation folds; Platt scaling is kept only when it
+lowers the Brier score there (trees trained with early stopping are often already close to
+calibrated, and an unneeded calibrator only adds noise).  Not isotonic regression: its
+steps would flatten the small differences between actions that the policy lives on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
-from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from serving.scoring import Calibration, Formulation, OutcomeScorer
@@ -44,6 +45,16 @@ OFFSET_PARAMS: Mapping[str, Any] = {
     "min_data_in_leaf": 300,
     "lambda_l2": 10.0,
     "feature_fraction": 0.9,
+}
+#: The shared offset booster sees every row, so it can afford a little more capacity; the
+#: action code is its categorical column, so its splits are about how actions differ.
+SHARED_OFFSET_PARAMS: Mapping[str, Any] = {
+    "learning_rate": 0.03,
+    "num_leaves": 15,
+    "min_data_in_leaf": 300,
+    "lambda_l2": 10.0,
+    "cat_smooth": 50.0,
+    "min_data_per_group": 200,
 }
 #: An action needs this many training rows for a model (or an offset) of its own.
 MIN_ACTION_ROWS = 50
@@ -98,6 +109,30 @@ def fit_outcome_model(
             cat,
         )
         report.best_iterations["all"] = boosters["all"].best_iteration
+    elif formulation == "shared_offset":
+        names = feature_names or _names(X_train.shape[1])
+        boosters["base"] = _train(
+            X_train, y_train, X_valid, y_valid, p, num_rounds, early_stopping, names, []
+        )
+        report.best_iterations["base"] = boosters["base"].best_iteration
+        init = (
+            boosters["base"].predict(X_train, raw_score=True),
+            boosters["base"].predict(X_valid, raw_score=True),
+        )
+        with_action = [*names, "action_code"]
+        boosters["offset"] = _train(
+            np.column_stack([X_train, a_train]),
+            y_train,
+            np.column_stack([X_valid, a_valid]),
+            y_valid,
+            {**p, **SHARED_OFFSET_PARAMS},
+            num_rounds,
+            early_stopping,
+            with_action,
+            [len(with_action) - 1],
+            init=init,
+        )
+        report.best_iterations["offset"] = boosters["offset"].best_iteration
     elif formulation == "offset":
         names = feature_names or _names(X_train.shape[1])
         boosters["base"] = _train(
@@ -189,25 +224,26 @@ def _train(
 def _choose_calibration(
     p: np.ndarray, y: np.ndarray, report: FitReport, seed: int
 ) -> tuple[Calibration | None, FitReport]:
-    """Cross-fit isotonic calibration on two validation folds; keep it if Brier improves."""
+    """Cross-fit Platt scaling on two validation folds; keep it only if Brier improves."""
     rng = np.random.default_rng(seed)
     fold = rng.random(len(p)) < 0.5
     calibrated = np.empty_like(p)
     for part in (fold, ~fold):
-        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-        iso.fit(p[~part], y[~part])
-        calibrated[part] = iso.predict(p[part])
+        calibrated[part] = _fit_platt(p[~part], y[~part]).apply(p[part])
     report.valid_brier_raw = float(brier_score_loss(y, p))
     report.valid_brier_calibrated = float(brier_score_loss(y, calibrated))
     if report.valid_brier_calibrated >= report.valid_brier_raw:
         return None, report
-    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(p, y)
     report.calibrated = True
-    x = np.asarray(iso.X_thresholds_, dtype=float)
-    fx = np.asarray(iso.y_thresholds_, dtype=float)
-    if len(x) < 2:  # a constant map: keep it valid for np.interp
-        x, fx = np.array([0.0, 1.0]), np.repeat(fx[:1] if len(fx) else [y.mean()], 2)
-    return Calibration(x=x, y=fx), report
+    return _fit_platt(p, y), report
+
+
+def _fit_platt(p: np.ndarray, y: np.ndarray) -> Calibration:
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    logit = np.log(q / (1 - q))[:, None]
+    model = LogisticRegression(C=1e6).fit(logit, y.astype(int))
+    slope = max(float(model.coef_[0, 0]), 1e-3)  # a monotone map, never a flipped one
+    return Calibration(slope=slope, intercept=float(model.intercept_[0]))
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:

@@ -1,0 +1,153 @@
+"""End to end on small simulated data: simulate → train (MLflow) → register → recommend.
+
+The figures are checked against the simulator's ground truth, not against themselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from touchpoint.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def trained(workdir: Path) -> dict[str, object]:
+    mp = pytest.MonkeyPatch()
+    mp.chdir(workdir)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+    data = workdir / "data"
+    assert main(["simulate", "--out", str(data), "--customers", "2500", "--days", "270"]) == 0
+    common = [
+        "--events",
+        str(data / "events.parquet"),
+        "--customers",
+        str(data / "customers.parquet"),
+    ]
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "--catalog",
+                str(data / "catalog.yaml"),
+                "--experiment",
+                "e2e",
+                "--bootstrap",
+                "100",
+                "--formulation",
+                "offset",
+            ]
+        )
+        == 0
+    )
+    client = MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
+    yield {"data": data, "common": common, "run": run, "client": client}
+    mlflow.end_run()
+    mp.undo()
+
+
+def test_run_logged_params_metrics_plots_and_bundle(trained: dict) -> None:
+    run = trained["run"]
+    assert "data.sha256" in run.data.params and len(run.data.params["data.sha256"]) == 64
+    assert "catalog.objective.churn_cost" in run.data.params
+    metrics = run.data.metrics
+    for key in (
+        "conversion.auc",
+        "churn.auc",
+        "conversion.ece",
+        "policy.model.dr",
+        "policy.logging.snips",
+        "truth.oracle_fraction.model",
+    ):
+        assert key in metrics, key
+    assert metrics["conversion.auc"] > 0.6
+    assert metrics["churn.auc"] > 0.6
+    artifacts = {a.path for a in trained["client"].list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/calibration.png", "plots/policy_comparison.png"} <= artifacts
+    bundle = {a.path for a in trained["client"].list_artifacts(run.info.run_id, "bundle")}
+    assert "bundle/bundle.json" in bundle
+
+
+def test_model_registered_and_first_version_is_champion(trained: dict) -> None:
+    client = trained["client"]
+    champion = client.get_model_version_by_alias("touchpoint", "champion")
+    challenger = client.get_model_version_by_alias("touchpoint", "challenger")
+    assert champion.version == challenger.version == "1"
+    assert trained["run"].data.tags["promotion.decision"] == "promoted"
+
+
+def test_policy_beats_no_action_in_truth_and_never_breaks_consent(trained: dict) -> None:
+    metrics = trained["run"].data.metrics
+    assert metrics["truth.violations"] == 0
+    # The learned policy must beat leaving everyone alone, by the simulator's own truth.
+    assert metrics["truth.value.model"] > metrics["truth.value.no_action"]
+    assert metrics["truth.oracle_fraction.model"] > 0.0
+
+
+def test_recommend_from_registry_uses_only_the_past(trained: dict, workdir: Path) -> None:
+    data, common = trained["data"], trained["common"]
+    ids = workdir / "ids.txt"
+    truth = pd.read_parquet(data / "ground_truth.parquet")
+    chosen = sorted(truth["customer_id"].astype(str).unique())[:50]
+    ids.write_text("customer_id\n" + "\n".join(chosen) + "\n")
+    out = workdir / "recs.csv"
+    as_of = "2026-06-01T12:00:00Z"
+    args = [
+        "recommend",
+        *common,
+        "--model",
+        "models:/touchpoint@champion",
+        "--as-of",
+        as_of,
+        "--ids",
+        str(ids),
+        "--top-k",
+        "3",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    recs = pd.read_csv(out)
+    assert {"customer_id", "rank", "action", "score", "p_conversion", "p_churn"} <= set(recs)
+    assert set(recs["customer_id"].astype(str)) == set(chosen)
+    assert recs.groupby("customer_id")["rank"].min().eq(1).all()
+    assert recs["p_conversion"].between(0, 1).all() and recs["p_churn"].between(0, 1).all()
+
+    # Events at or after --as-of must not change anything: cut them off and compare.
+    events = pd.read_parquet(data / "events.parquet")
+    past = events[events["timestamp"] < pd.Timestamp(as_of)]
+    past_path = workdir / "past.parquet"
+    past.to_parquet(past_path)
+    out2 = workdir / "recs_past.csv"
+    args2 = [
+        "recommend",
+        "--events",
+        str(past_path),
+        "--customers",
+        str(data / "customers.parquet"),
+        "--model",
+        "models:/touchpoint@champion",
+        "--as-of",
+        as_of,
+        "--ids",
+        str(ids),
+        "--top-k",
+        "3",
+        "--out",
+        str(out2),
+    ]
+    assert main(args2) == 0
+    pd.testing.assert_frame_equal(recs, pd.read_csv(out2))

@@ -1,0 +1,103 @@
+"""The console script: help everywhere, clean errors for bad input, the small-data flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from touchpoint.cli import build_parser, main
+
+COMMANDS = ["simulate", "validate", "features", "train", "recommend", "demo"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: touchpoint " + command in capsys.readouterr().out
+
+
+def test_parser_lists_all_commands() -> None:
+    text = build_parser().format_help()
+    for command in COMMANDS:
+        assert command in text
+
+
+def test_missing_file_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["validate", "--events", str(tmp_path / "nope.csv")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "nope.csv" in err and "Traceback" not in err
+
+
+def test_missing_column_names_the_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text("customer_id,timestamp,channel\na,2026-01-01,email\n")
+    status = main(["validate", "--events", str(path)])
+    assert status == 2
+    assert "event_type" in capsys.readouterr().err
+
+
+def test_validate_reports_bad_rows_and_writes_quarantine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "customer_id,timestamp,channel,event_type,action,propensity\n"
+        "a,2026-01-01T10:00:00Z,email,sent,email_promo,0.5\n"
+        "b,not a time,email,sent,email_promo,0.5\n"
+        "c,2026-01-01T10:00:00Z,email,teleport,,\n"
+    )
+    quarantine = tmp_path / "bad.csv"
+    status = main(["validate", "--events", str(path), "--quarantine", str(quarantine)])
+    out = capsys.readouterr().out
+    assert status == 0  # valid rows remain and --strict was not given
+    assert "row 2" in out and "row 3" in out
+    written = list(tmp_path.glob("bad*.csv"))
+    assert written, "the quarantine file was not written"
+    bad = pd.read_csv(written[0])
+    assert sorted(bad["row"].tolist()) == [2, 3]
+    assert main(["validate", "--events", str(path), "--strict"]) == 1
+
+
+def test_recommend_rejects_a_bad_as_of(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(
+        [
+            "recommend",
+            "--events",
+            str(tmp_path / "e.csv"),
+            "--model",
+            str(tmp_path),
+            "--as-of",
+            "yesterday-ish",
+            "--out",
+            str(tmp_path / "r.csv"),
+        ]
+    )
+    assert status == 2
+    assert "--as-of" in capsys.readouterr().err
+
+
+def test_recommend_rejects_a_folder_that_is_not_a_bundle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(
+        [
+            "recommend",
+            "--events",
+            str(tmp_path / "e.csv"),
+            "--model",
+            str(tmp_path),
+            "--as-of",
+            "2026-01-01",
+            "--out",
+            str(tmp_path / "r.csv"),
+        ]
+    )
+    assert status == 2
+    assert "bundle" in capsys.readouterr().err
