@@ -96,7 +96,8 @@ def decision_points(
     ``round(none_per_send * n_sends)`` "no action" moments are drawn: each customer whose
     span ``end - first event`` is positive first gets ``min(MIN_NONE_PER_CUSTOMER,
     budget // n_customers)``, the remainder is spread multinomially with probability
-    proportional to the span; each moment is uniform in ``[first event, end)`` and moved
+    proportional to the span; each moment is uniform in ``[first event, end)`` (cut at the
+    customer's first explicit ``churn`` event: past it there is nothing to decide) and moved
     forward by 1 ns while it coincides with a send of that customer.  Customers are visited
     in id order with ``numpy.random.default_rng(spec.seed)``, so the result depends only on
     the set of input rows.
@@ -166,7 +167,12 @@ def _sample_none(
         return empty, empty
     end_ns = int(ev.time.max()) if end is None else int(to_ns(pd.Series([end]))[0])
     first = ev.time[ev.starts[:k]]
-    span = np.maximum(end_ns - first, 0)
+    # After an explicit `churn` event the company knows the customer has left: there is no
+    # decision to make, so no "no action" moments are sampled past it.
+    stop = np.full(k, end_ns, dtype=np.int64)
+    churn_pos = np.flatnonzero(ev.etype == TYPE_CODE["churn"])
+    np.minimum.at(stop, ev.code[churn_pos], ev.time[churn_pos])
+    span = np.maximum(stop - first, 0)
     eligible = id_order[span[id_order] > 0]
     if eligible.size == 0:
         return empty, empty

@@ -9,7 +9,7 @@ import pytest
 
 from touchpoint.cli import build_parser, main
 
-COMMANDS = ["simulate", "validate", "features", "train", "recommend", "demo"]
+COMMANDS = ["simulate", "validate", "features", "train", "recommend", "hillstrom", "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

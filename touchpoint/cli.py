@@ -147,20 +147,40 @@ def _print_quarantine(quarantine: Any, max_rows: int) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from features.pipeline import build_feature_table
-    from features.spec import FeatureSpec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from features.pipeline import iter_feature_table
+    from training.train import TrainConfig, feature_spec_for
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     events, customers, catalog = _read_inputs(args, quarantine_next_to=out)
-    spec = FeatureSpec.from_data(events, customers, channels=catalog.channels, seed=args.seed)
+    # The same spec as training builds, so this table is exactly what the models see.
+    spec = feature_spec_for(events, customers, catalog, TrainConfig(seed=args.seed))
     log(f"computing {len(spec.feature_names)} features")
     started = time.perf_counter()
-    table = build_feature_table(events, customers, spec)
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        # Written batch by batch as Parquet row groups: memory is bounded by one batch.
+        for batch in iter_feature_table(events, customers, spec, batch_rows=args.batch_rows):
+            table = pa.Table.from_pandas(batch, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            rows += len(batch)
+            log(f"  {rows:,} decision points")
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise BadInput("the log has no decision points (no sends and nothing to sample)")
+    tmp.replace(out)
     elapsed = time.perf_counter() - started
-    table.to_parquet(out, index=False)
     log(
-        f"{len(table):,} decision points from {len(events):,} events in {elapsed:.1f}s "
+        f"{rows:,} decision points from {len(events):,} events in {elapsed:.1f}s "
         f"({len(events) / max(elapsed, 1e-9):,.0f} events/s)"
     )
     print(out)
@@ -206,6 +226,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"registered: touchpoint version {summary.registered_version} ({state})")
     for key, value in summary.headline.items():
         print(f"{key}: {value:.4f}")
+    return 0
+
+
+def cmd_hillstrom(args: argparse.Namespace) -> int:
+    from training.hillstrom import format_report, run_hillstrom
+
+    result = run_hillstrom(args.data, seed=args.seed, n_bootstrap=args.bootstrap, progress=log)
+    print(format_report(result))
     return 0
 
 
@@ -385,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output Parquet file")
     p.add_argument(
         "--seed", type=count, default=0, help="seed for the sampled no-action moments (default 0)"
+    )
+    p.add_argument(
+        "--batch-rows",
+        type=count,
+        default=500_000,
+        help="decision points computed and written per batch; bounds memory (default 500000)",
     )
     p.set_defaults(handler=cmd_features)
 

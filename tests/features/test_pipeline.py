@@ -215,8 +215,16 @@ def test_decision_points_properties(log: pd.DataFrame, spec: FeatureSpec) -> Non
     send_keys = set(zip(sends["customer_id"].astype(str), sends["timestamp"], strict=True))
     none_keys = set(zip(nones["customer_id"].astype(str), nones["decision_time"], strict=True))
     assert not send_keys & none_keys
+    # No "no action" moment after the customer's explicit churn event.
+    churned_at = log[log["event_type"] == "churn"].groupby("customer_id", observed=True)[
+        "timestamp"
+    ].min()
+    stop = churned_at.reindex(nones["customer_id"].astype(str)).to_numpy()
+    has_stop = ~pd.isna(stop)
+    assert (nones["decision_time"].to_numpy()[has_stop] <= stop[has_stop]).all()
     # At least MIN_NONE_PER_CUSTOMER for every customer with a positive span, when affordable.
-    span = log.groupby("customer_id", observed=True)["timestamp"].agg(lambda s: end - s.min())
+    stop_all = churned_at.reindex(first.index).fillna(end)
+    span = (stop_all - first).astype("timedelta64[ns]")
     eligible = span[span > pd.Timedelta(0)].index.astype(str)
     if is_none.sum() >= MIN_NONE_PER_CUSTOMER * len(eligible):
         per = nones["customer_id"].astype(str).value_counts()
