@@ -429,11 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--formulation",
-        choices=["compare", "single", "per_action", "offset"],
-        default="compare",
-        help="one model with the action as a feature, one model per action, a pooled base "
-        "with per-action offsets, or fit all three and keep the best on validation "
-        "(default compare)",
+        choices=["shared_offset", "offset", "single", "per_action", "compare"],
+        default="shared_offset",
+        help="shared_offset: a pooled base model plus one action-offset model (default); "
+        "offset: the base plus one offset model per action; single: one model with the "
+        "action as a feature; per_action: one model per action; compare: fit all four and "
+        "keep the best by validation policy value",
     )
     p.add_argument("--seed", type=count, default=0, help="random seed (default 0)")
     p.add_argument(

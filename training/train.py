@@ -36,14 +36,14 @@ from training.models import FitReport, fit_outcome_model
 from training.propensity import PropensityModel
 
 Progress = Callable[[str], None]
-FormulationChoice = Literal["single", "per_action", "offset", "compare"]
+FormulationChoice = Literal["single", "per_action", "offset", "shared_offset", "compare"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run; all of it is logged to MLflow."""
 
-    formulation: FormulationChoice = "compare"
+    formulation: FormulationChoice = "shared_offset"
     seed: int = 0
     num_rounds: int = 1000
     early_stopping: int = 50

@@ -47,7 +47,7 @@ def trained(workdir: Path) -> dict[str, object]:
                 "--bootstrap",
                 "100",
                 "--formulation",
-                "offset",
+                "shared_offset",
             ]
         )
         == 0
