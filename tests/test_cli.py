@@ -9,7 +9,16 @@ import pytest
 
 from touchpoint.cli import build_parser, main
 
-COMMANDS = ["simulate", "validate", "features", "train", "recommend", "hillstrom", "demo"]
+COMMANDS = [
+    "simulate",
+    "validate",
+    "features",
+    "train",
+    "recommend",
+    "evaluate",
+    "hillstrom",
+    "demo",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

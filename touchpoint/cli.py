@@ -229,6 +229,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from serving.bundle import load_bundle
+    from serving.engine import DecisionEngine
+    from training.offline_eval import evaluate_bundle
+    from training.run import policy_table_text
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    engine = DecisionEngine(load_bundle(resolve_model(args.model)))
+    events, customers, _ = _read_inputs(args, quarantine_next_to=out)
+    gt_path = args.ground_truth or _sibling(args.events, "ground_truth.parquet")
+    ground_truth = pd.read_parquet(gt_path) if gt_path and Path(gt_path).is_file() else None
+    table, metrics = evaluate_bundle(
+        engine,
+        events,
+        customers,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        ground_truth=ground_truth,
+        progress=log,
+    )
+    table.to_csv(out, index=False)
+    print(policy_table_text(table))
+    for key, value in metrics.items():
+        if key.startswith("truth."):
+            print(f"{key}: {value:.4f}")
+    print(out)
+    return 0
+
+
 def cmd_hillstrom(args: argparse.Namespace) -> int:
     from training.hillstrom import format_report, run_hillstrom
 

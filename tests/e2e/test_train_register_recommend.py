@@ -151,3 +151,23 @@ def test_recommend_from_registry_uses_only_the_past(trained: dict, workdir: Path
     ]
     assert main(args2) == 0
     pd.testing.assert_frame_equal(recs, pd.read_csv(out2))
+
+
+def test_evaluate_command_reports_every_policy_and_estimator(trained: dict, workdir: Path) -> None:
+    out = workdir / "evaluation.csv"
+    args = [
+        "evaluate",
+        *trained["common"],
+        "--model",
+        "models:/touchpoint@champion",
+        "--bootstrap",
+        "50",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    table = pd.read_csv(out)
+    assert set(table["estimator"]) == {"ips", "snips", "dr"}
+    policies = {p.split(" ")[0] for p in table["policy"]}
+    assert {"model", "logging", "random_eligible", "best_single", "no_action"} <= policies
+    assert (table["ci_low"] <= table["value"]).all() and (table["value"] <= table["ci_high"]).all()
