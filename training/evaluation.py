@@ -23,6 +23,7 @@ from features.schema import NO_ACTION
 from serving.engine import DecisionEngine, ScoredRows
 from training import ope, uplift_metrics
 from training.models import classification_metrics
+from training.propensity import PropensityModel
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,28 @@ class LoggedRounds:
     churn: np.ndarray
     pscore: np.ndarray  # P(logged action | x) under the logging policy
     logging_dist: np.ndarray  # (n, n_actions) logging policy's distribution
+
+
+def logged_rounds(
+    X: np.ndarray,
+    decision_time: pd.Series,
+    action: np.ndarray,
+    conversion: np.ndarray,
+    churn: np.ndarray,
+    idx: np.ndarray,
+    propensity: PropensityModel,
+) -> LoggedRounds:
+    """The rows ``idx`` of a labelled decision table as logged feedback, with propensities."""
+    dist = propensity.predict_proba(X[idx])
+    return LoggedRounds(
+        X=X[idx],
+        decision_time=decision_time.iloc[idx].reset_index(drop=True),
+        action=action[idx],
+        conversion=conversion[idx],
+        churn=churn[idx],
+        pscore=dist[np.arange(len(idx)), action[idx]],
+        logging_dist=dist,
+    )
 
 
 def rewards(

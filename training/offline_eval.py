@@ -20,6 +20,7 @@ from training.datasets import SplitError
 from training.evaluation import (
     LoggedRounds,
     choose_best_single_action,
+    logged_rounds,
     policy_value_table,
 )
 from training.labels import LabelWindows, label_decisions
@@ -61,17 +62,11 @@ def evaluate_bundle(
         X[fit_idx[:half]], codes[fit_idx[:half]], X[fit_idx[half:]], codes[fit_idx[half:]]
     )
 
+    conversion = labels["conversion"].to_numpy(dtype=np.float64)
+    churn = labels["churn"].to_numpy(dtype=np.float64)
+
     def rounds(idx: np.ndarray) -> LoggedRounds:
-        dist = propensity.predict_proba(X[idx])
-        return LoggedRounds(
-            X=X[idx],
-            decision_time=table["decision_time"].iloc[idx].reset_index(drop=True),
-            action=codes[idx],
-            conversion=labels["conversion"].to_numpy(dtype=np.float64)[idx],
-            churn=labels["churn"].to_numpy(dtype=np.float64)[idx],
-            pscore=dist[np.arange(len(idx)), codes[idx]],
-            logging_dist=dist,
-        )
+        return logged_rounds(X, table["decision_time"], codes, conversion, churn, idx, propensity)
 
     best = choose_best_single_action(engine, rounds(fit_idx), seed=seed)
     progress(f"off-policy evaluation on {len(eval_idx):,} later decision points")

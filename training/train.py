@@ -27,6 +27,7 @@ from training.datasets import TimeSplit, make_time_split
 from training.evaluation import (
     LoggedRounds,
     choose_best_single_action,
+    logged_rounds,
     model_quality,
     policy_value_table,
     uplift_quality,
@@ -155,16 +156,7 @@ def fit_and_evaluate(
     )
 
     def rounds(idx: np.ndarray) -> LoggedRounds:
-        dist = propensity.predict_proba(X[idx])
-        return LoggedRounds(
-            X=X[idx],
-            decision_time=table["decision_time"].iloc[idx].reset_index(drop=True),
-            action=codes[idx],
-            conversion=y_conv[idx],
-            churn=y_churn[idx],
-            pscore=dist[np.arange(len(idx)), codes[idx]],
-            logging_dist=dist,
-        )
+        return logged_rounds(X, table["decision_time"], codes, y_conv, y_churn, idx, propensity)
 
     valid_rounds, test_rounds = rounds(valid_idx), rounds(test_idx)
     candidates = (
