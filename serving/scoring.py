@@ -30,7 +30,6 @@ import numpy as np
 
 Formulation = Literal["single", "per_action", "offset", "shared_offset"]
 FORMULATIONS: tuple[Formulation, ...] = ("single", "per_action", "offset", "shared_offset")
-_PREDICT_KW = {"num_threads": 1}
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ class OutcomeScorer:
                 [np.repeat(X, len(idx), axis=0), np.tile(self._codes[idx], len(X))[:, None]]
             )
             if self.formulation == "single":
-                p = self.boosters["all"].predict(rows, **_PREDICT_KW)
+                p = self.boosters["all"].predict(rows, num_threads=1)
                 return np.asarray(p, dtype=np.float64).reshape(len(X), len(idx))
             base = np.repeat(self._raw(self.boosters["base"], X), len(idx))
             logit = base + self._raw(self.boosters["offset"], rows)
@@ -118,12 +117,12 @@ class OutcomeScorer:
                 [base + self._raw(self.boosters[self.actions[i]], X) for i in idx]
             )
             return _sigmoid(logits)
-        cols = [np.asarray(self.boosters[self.actions[i]].predict(X, **_PREDICT_KW)) for i in idx]
+        cols = [np.asarray(self.boosters[self.actions[i]].predict(X, num_threads=1)) for i in idx]
         return np.column_stack(cols).astype(np.float64)
 
     @staticmethod
     def _raw(booster: lgb.Booster, X: np.ndarray) -> np.ndarray:
-        return np.asarray(booster.predict(X, raw_score=True, **_PREDICT_KW), dtype=np.float64)
+        return np.asarray(booster.predict(X, raw_score=True, num_threads=1), dtype=np.float64)
 
     def predict(self, X: np.ndarray, action_idx: Sequence[int] | None = None) -> np.ndarray:
         """Calibrated probabilities, shape ``(len(X), n_actions)`` (or the chosen columns)."""
@@ -136,7 +135,7 @@ class OutcomeScorer:
         codes = np.asarray(action_codes, dtype=np.int64)
         if self.formulation == "single":
             raw = self.boosters["all"].predict(
-                np.hstack([X, codes[:, None].astype(np.float64)]), **_PREDICT_KW
+                np.hstack([X, codes[:, None].astype(np.float64)]), num_threads=1
             )
         elif self.formulation == "shared_offset":
             with_action = np.hstack([X, codes[:, None].astype(np.float64)])
@@ -154,7 +153,7 @@ class OutcomeScorer:
             raw = np.zeros(len(X))
             for code in np.unique(codes):
                 rows = codes == code
-                raw[rows] = self.boosters[self.actions[code]].predict(X[rows], **_PREDICT_KW)
+                raw[rows] = self.boosters[self.actions[code]].predict(X[rows], num_threads=1)
         raw = np.asarray(raw, dtype=np.float64)
         return raw if self.calibration is None else self.calibration.apply(raw)
 

@@ -207,10 +207,17 @@ def _rewards(engine: DecisionEngine, rounds: LoggedRounds) -> np.ndarray:
 
 def summarize_policy_table(table: pd.DataFrame) -> Mapping[str, float]:
     """Flatten the policy table into MLflow metric names (``policy.model.dr`` …)."""
-    out = {}
-    for row in table.itertuples(index=False):
-        name = str(row.policy).split(" ")[0]
-        out[f"policy.{name}.{row.estimator}"] = float(row.value)
-        out[f"policy.{name}.{row.estimator}.ci_low"] = float(row.ci_low)
-        out[f"policy.{name}.{row.estimator}.ci_high"] = float(row.ci_high)
+    out: dict[str, float] = {}
+    for policy, estimator, value, low, high in zip(
+        table["policy"].astype(str),
+        table["estimator"].astype(str),
+        table["value"].to_numpy(dtype=float),
+        table["ci_low"].to_numpy(dtype=float),
+        table["ci_high"].to_numpy(dtype=float),
+        strict=True,
+    ):
+        name = policy.split(" ")[0]
+        out[f"policy.{name}.{estimator}"] = float(value)
+        out[f"policy.{name}.{estimator}.ci_low"] = float(low)
+        out[f"policy.{name}.{estimator}.ci_high"] = float(high)
     return out

@@ -116,8 +116,8 @@ def fit_outcome_model(
         )
         report.best_iterations["base"] = boosters["base"].best_iteration
         init = (
-            boosters["base"].predict(X_train, raw_score=True),
-            boosters["base"].predict(X_valid, raw_score=True),
+            np.asarray(boosters["base"].predict(X_train, raw_score=True), dtype=np.float64),
+            np.asarray(boosters["base"].predict(X_valid, raw_score=True), dtype=np.float64),
         )
         with_action = [*names, "action_code"]
         boosters["offset"] = _train(
@@ -139,8 +139,8 @@ def fit_outcome_model(
             X_train, y_train, X_valid, y_valid, p, num_rounds, early_stopping, names, []
         )
         report.best_iterations["base"] = boosters["base"].best_iteration
-        base_tr = boosters["base"].predict(X_train, raw_score=True)
-        base_va = boosters["base"].predict(X_valid, raw_score=True)
+        base_tr = np.asarray(boosters["base"].predict(X_train, raw_score=True), dtype=np.float64)
+        base_va = np.asarray(boosters["base"].predict(X_valid, raw_score=True), dtype=np.float64)
         offset_params = {**p, **OFFSET_PARAMS}
         for code, action in enumerate(actions):
             tr, va = a_train == code, a_valid == code

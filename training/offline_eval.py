@@ -22,6 +22,7 @@ from training.evaluation import (
     choose_best_single_action,
     logged_rounds,
     policy_value_table,
+    summarize_policy_table,
 )
 from training.labels import LabelWindows, label_decisions
 from training.propensity import PropensityModel
@@ -73,10 +74,7 @@ def evaluate_bundle(
     result = policy_value_table(
         engine, rounds(eval_idx), best_single=best, n_bootstrap=n_bootstrap, seed=seed
     )
-    metrics = {
-        f"policy.{str(r.policy).split(' ')[0]}.{r.estimator}": float(r.value)
-        for r in result.itertuples(index=False)
-    }
+    metrics = dict(summarize_policy_table(result))
     if ground_truth is not None:
         from training.truth import simulated_truth
 

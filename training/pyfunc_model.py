@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 
-class TouchpointPyfunc(mlflow.pyfunc.PythonModel):
+class TouchpointPyfunc(PythonModel):
     """Scores feature rows: input = the bundle's feature columns, plus ``action``."""
 
     def load_context(self, context: Any) -> None:

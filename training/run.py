@@ -108,7 +108,7 @@ def run_training(
             if version is not None:
                 tracking.set_alias(tracking.CHALLENGER, version)
                 promoted = _maybe_promote(result, events, customers, catalog, version, progress)
-        headline = {
+        headline: dict[str, float] = {
             key: metrics[key]
             for key in (
                 "conversion.auc",
