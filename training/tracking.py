@@ -110,10 +110,11 @@ def download_bundle(model_uri: str, dst: str | Path | None = None) -> Path:
     configure_uri_only()
     target = Path(dst or tempfile.mkdtemp(prefix="touchpoint-bundle-"))
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(target)))
-    for candidate in (local / "artifacts" / "bundle", local / "bundle", local):
-        if (candidate / "bundle.json").is_file():
-            return candidate
-    raise FileNotFoundError(f"{model_uri} holds no touchpoint bundle (no bundle.json)")
+    # The pyfunc model keeps the bundle folder under artifacts/<bundle folder name>/.
+    manifests = sorted(local.rglob("bundle.json"))
+    if not manifests:
+        raise FileNotFoundError(f"{model_uri} holds no touchpoint bundle (no bundle.json)")
+    return manifests[0].parent
 
 
 def configure_uri_only() -> str:

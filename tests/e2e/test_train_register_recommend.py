@@ -85,7 +85,7 @@ def test_model_registered_and_first_version_is_champion(trained: dict) -> None:
     client = trained["client"]
     champion = client.get_model_version_by_alias("touchpoint", "champion")
     challenger = client.get_model_version_by_alias("touchpoint", "challenger")
-    assert champion.version == challenger.version == "1"
+    assert str(champion.version) == str(challenger.version) == "1"
     assert trained["run"].data.tags["promotion.decision"] == "promoted"
 
 
