@@ -1,0 +1,440 @@
+"""Benchmark of model training on a synthetic decision-point table.
+
+Usage::
+
+    python bench/bench_training.py --rows 1000000 [--features 170] \\
+        [--formulations offset,single,per_action] [--repeats 1]
+    python bench/bench_training.py --rows 50000          # smoke run, well under a minute
+
+Every measurement (one formulation, one repeat) runs in a fresh subprocess, so that its
+peak RSS is its own.  The child generates a seeded table in-process (vectorized numpy): ~170
+float features (counts, recencies with NaN for "never", rates with NaN for "no
+denominator", small-integer codes), 11 action codes (``none`` on about half the rows, the
+rest chosen by a feature-dependent logging policy), and binary conversion (~10%) and churn
+(~5%) labels with action × feature interactions.  It splits the table 80/20 at random into
+train / validation and then times, with the data generation outside the timed region:
+
+- the propensity model (:class:`training.propensity.PropensityModel`, its defaults);
+- the conversion model and the churn model (:func:`training.models.fit_outcome_model`, its
+  defaults: LightGBM parameters, 1000 rounds at most, early stopping after 50), each in the
+  requested formulation, calibration choice included.
+
+Peak RSS is reported twice: for the fit alone (the child resets ``VmHWM`` through
+``/proc/self/clear_refs`` once the data is in memory, then reads it after the fit) and for the
+whole child process, data generation included (the larger of ``ru_maxrss`` from ``os.wait4``
+in the parent and the child's ``VmHWM`` just before the reset, since the reset also lowers
+``ru_maxrss``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training.models import (  # noqa: E402
+    DEFAULT_EARLY_STOPPING,
+    DEFAULT_ROUNDS,
+    fit_outcome_model,
+)
+from training.propensity import PropensityModel  # noqa: E402
+
+#: ``none`` (code 0) and the default catalog's ten actions (features/default_catalog.yaml).
+ACTIONS = (
+    "none", "email_promo", "email_content", "sms_offer", "push_reminder", "phone_call",
+    "chat_invite", "store_invitation", "social_ad", "display_ad", "direct_mail_offer",
+)  # fmt: skip
+FORMULATIONS = ("offset", "single", "per_action")
+#: The target from the issue: training on 1M decision points in at most 60 s on 2 cores.
+TARGET_SECONDS = 60.0
+#: docs/MEASURED.md "Training": 1.23M rows x 70 features, 300 rounds, 63 leaves, 2 threads.
+REFERENCE_SECONDS = 46.0
+REFERENCE = "1.23M x 70 features, 300 rounds, 63 leaves, 2 threads: 46 s, 2.4 GB"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _intercept_for_rate(logit: np.ndarray, rate: float) -> float:
+    """The constant ``b`` with ``mean(sigmoid(b + logit)) == rate`` (bisection)."""
+    lo, hi = -20.0, 20.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if _sigmoid(mid + logit).mean() < rate:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _feature_layout(n_features: int) -> dict[str, int]:
+    n_counts = max(4, round(n_features * 0.35))
+    n_rec = max(3, round(n_features * 0.25))
+    n_rates = max(3, round(n_features * 0.25))
+    n_codes = max(2, n_features - n_counts - n_rec - n_rates)
+    return {"counts": n_counts, "recencies": n_rec, "rates": n_rates, "codes": n_codes}
+
+
+def synthetic_table(
+    n_rows: int, n_features: int = 170, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``X`` (C-ordered float64), action codes, conversion and churn labels, feature names.
+
+    Features come in four kinds, driven by per-row latent factors (activity ``z``, value
+    affinity ``v``) so that they are correlated like real behavioural features:
+    counts over windows (Poisson), recencies in days (NaN when the event never happened),
+    rates in [0, 1] (NaN when there is no denominator), and small-integer codes (stage,
+    last channel tokens).
+    """
+    rng = np.random.default_rng(seed)
+    layout = _feature_layout(n_features)
+    n_cols = sum(layout.values())
+    z = rng.standard_normal(n_rows)  # activity
+    v = rng.standard_normal(n_rows)  # value affinity
+    Xf = np.empty((n_rows, n_cols), dtype=np.float64, order="F")
+    names: list[str] = []
+    col = 0
+    activity = np.exp(0.6 * z)
+    for j in range(layout["counts"]):
+        base = np.exp(rng.uniform(np.log(0.05), np.log(20.0)))
+        noise = np.exp(0.3 * rng.standard_normal(n_rows))
+        Xf[:, col] = rng.poisson(base * activity * noise)
+        names.append(f"count_{j}")
+        col += 1
+    for j in range(layout["recencies"]):
+        scale = np.exp(rng.uniform(np.log(2.0), np.log(120.0)))
+        days = rng.exponential(scale, n_rows) / activity
+        never = rng.random(n_rows) < _sigmoid(rng.uniform(-3.0, 0.5) - 1.0 * z)
+        Xf[:, col] = np.where(never, np.nan, np.minimum(days, 365.0))
+        names.append(f"recency_{j}")
+        col += 1
+    for j in range(layout["rates"]):
+        centre = rng.uniform(-3.0, 0.0)
+        rate = _sigmoid(centre + 0.5 * v + 0.2 * z + 0.5 * rng.standard_normal(n_rows))
+        no_denominator = rng.random(n_rows) < _sigmoid(-2.5 - 0.8 * z)
+        Xf[:, col] = np.where(no_denominator, np.nan, rate)
+        names.append(f"rate_{j}")
+        col += 1
+    for j in range(layout["codes"]):
+        k = int(rng.integers(3, 13))
+        if j == 0:  # lifecycle stage: follows activity
+            codes = np.clip(np.floor(2 + 1.2 * z + rng.standard_normal(n_rows)), 0, k - 1)
+        else:  # last-n tokens and the like: skewed categorical codes
+            p = rng.dirichlet(np.ones(k))
+            codes = rng.choice(k, n_rows, p=p).astype(np.float64)
+        Xf[:, col] = codes
+        names.append(f"code_{j}")
+        col += 1
+
+    # First column of each kind: counts at 0, then recencies, rates, codes.
+    r0 = layout["counts"]
+    q0 = r0 + layout["recencies"]
+    k0 = q0 + layout["rates"]
+    cnt = np.log1p(Xf[:, 0:4])
+    rec_raw = Xf[:, r0 : r0 + 3]
+    rec = np.log1p(np.nan_to_num(rec_raw, nan=730.0))
+    rate = np.nan_to_num(Xf[:, q0 : q0 + 3], nan=0.0)
+    stage = Xf[:, k0]
+    token = Xf[:, n_cols - 1]
+
+    # Logging policy: "none" on about half the rows, sends depend on the features.
+    n_act = len(ACTIONS)
+    p_none = _sigmoid(0.1 - 0.4 * z + 0.3 * (rate[:, 0] - rate[:, 0].mean()) * 4)
+    w = rng.normal(0.0, 0.5, (n_act - 1, 3))
+    share = np.log(rng.dirichlet(np.full(n_act - 1, 3.0)))
+    logits = share[None, :] + np.column_stack([z, v, stage - stage.mean()]) @ w.T
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    cum = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
+    send_code = 1 + (rng.random(n_rows)[:, None] > cum).sum(axis=1)
+    action = np.where(rng.random(n_rows) < p_none, 0, np.minimum(send_code, n_act - 1))
+    del logits, probs, cum
+
+    # Outcomes: main effects plus action x feature interactions (none has no effect).
+    main_conv = (
+        0.5 * cnt[:, 0]
+        + 0.3 * cnt[:, 1]
+        - 0.35 * rec[:, 0]
+        + 1.2 * (rate[:, 0] - 0.3)
+        + 0.25 * np.minimum(stage, 3)
+        + 0.3 * v
+        + 0.4 * np.isnan(rec_raw[:, 1])
+    )
+    main_churn = (
+        -0.6 * z - 0.4 * cnt[:, 2] + 0.3 * rec[:, 1] - 0.8 * rate[:, 1] + 0.3 * (stage == 0)
+    )
+    alpha = rng.uniform(-0.1, 0.4, n_act)
+    beta = rng.normal(0.0, 0.6, n_act)
+    gamma = rng.normal(0.0, 0.4, n_act)
+    fatigue = rng.uniform(0.0, 0.25, n_act)
+    rescue = rng.normal(0.0, 0.3, n_act)
+    alpha[0] = beta[0] = gamma[0] = fatigue[0] = rescue[0] = 0.0
+    which = action % 3
+    rate_a = rate[np.arange(n_rows), which] - 0.3
+    tau_conv = alpha[action] + beta[action] * rate_a * 2 + gamma[action] * (token == action % 4)
+    tau_churn = fatigue[action] * cnt[:, 3] + rescue[action] * (z < -0.5)
+    conv_logit = main_conv + tau_conv
+    churn_logit = main_churn + tau_churn
+    conv_logit += _intercept_for_rate(conv_logit, 0.10)
+    churn_logit += _intercept_for_rate(churn_logit, 0.05)
+    y_conv = (rng.random(n_rows) < _sigmoid(conv_logit)).astype(np.float64)
+    y_churn = (rng.random(n_rows) < _sigmoid(churn_logit)).astype(np.float64)
+
+    X = np.ascontiguousarray(Xf)
+    del Xf
+    return X, action.astype(np.int64), y_conv, y_churn, names
+
+
+# --------------------------------------------------------------------------- child
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak() -> bool:
+    try:  # Linux: writing 5 resets VmHWM (peak RSS) to the current RSS.
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _rounds(best: dict[str, int]) -> dict[str, Any]:
+    """Rounds used (best iterations) of one outcome model, summed over its boosters."""
+    per_action = {k: v for k, v in best.items() if k not in ("all", "base")}
+    out: dict[str, Any] = {"best_iterations": best}
+    if "all" in best:
+        out["summary"] = str(best["all"])
+    elif "base" in best:
+        out["summary"] = f"{best['base']}+{sum(per_action.values())}"
+    else:
+        out["summary"] = f"{sum(per_action.values())} (max {max(per_action.values())})"
+    # Trees actually grown: early stopping runs `patience` rounds past the best one.
+    out["trained_est"] = sum(
+        min(b + DEFAULT_EARLY_STOPPING, DEFAULT_ROUNDS) for b in best.values() if b > 0
+    )
+    return out
+
+
+def run_child(rows: int, n_features: int, formulation: str, seed: int) -> dict[str, Any]:
+    t = time.perf_counter()
+    X, a, y_conv, y_churn, names = synthetic_table(rows, n_features, seed)
+    perm = np.random.default_rng(seed + 1).permutation(rows)
+    n_train = int(round(rows * 0.8))
+    tr, va = np.sort(perm[:n_train]), np.sort(perm[n_train:])
+    Xt, Xv = X[tr], X[va]
+    at, av = a[tr], a[va]
+    yct, ycv, yht, yhv = y_conv[tr], y_conv[va], y_churn[tr], y_churn[va]
+    del X, perm
+    res: dict[str, Any] = {
+        "formulation": formulation,
+        "rows": rows,
+        "rows_train": len(tr),
+        "rows_valid": len(va),
+        "features": Xt.shape[1],
+        "generate_s": round(time.perf_counter() - t, 2),
+        "conversion_rate": round(float(y_conv.mean()), 4),
+        "churn_rate": round(float(y_churn.mean()), 4),
+        "none_share": round(float((a == 0).mean()), 3),
+        "nan_share": round(float(np.isnan(Xt).mean()), 3),
+    }
+    del tr, va, a, y_conv, y_churn
+    res["generate_peak_mb"] = round(_status_mb("VmHWM"), 1)
+    res["data_rss_mb"] = round(_status_mb("VmRSS"), 1)
+    reset = _reset_peak()
+
+    load_before = os.getloadavg()
+    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+
+    t, c = time.perf_counter(), _cpu_seconds()
+    prop = PropensityModel(n_actions=len(ACTIONS), seed=seed).fit(Xt, at, Xv, av)
+    res["propensity_s"] = round(time.perf_counter() - t, 2)
+    res["propensity_cpu_s"] = round(_cpu_seconds() - c, 2)
+    res["propensity_rounds"] = prop.booster_.best_iteration
+
+    for target, yt, yv in (("conversion", yct, ycv), ("churn", yht, yhv)):
+        t, c = time.perf_counter(), _cpu_seconds()
+        _scorer, report = fit_outcome_model(
+            Xt,
+            at,
+            yt,
+            Xv,
+            av,
+            yv,
+            actions=ACTIONS,
+            formulation=formulation,  # type: ignore[arg-type]
+            seed=seed,
+            feature_names=names,
+        )
+        res[f"{target}_s"] = round(time.perf_counter() - t, 2)
+        res[f"{target}_cpu_s"] = round(_cpu_seconds() - c, 2)
+        res[f"{target}_rounds"] = _rounds(report.best_iterations)
+        res[f"{target}_calibrated"] = report.calibrated
+        del _scorer
+
+    res["total_s"] = round(time.perf_counter() - wall0, 2)
+    res["total_cpu_s"] = round(_cpu_seconds() - cpu0, 2)
+    res["fit_peak_rss_mb"] = round(_status_mb("VmHWM"), 1) if reset else None
+    res["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "(unset)")
+    res["load_1m_during"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+    return res
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def _measure(args: argparse.Namespace, formulation: str, repeat: int) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", formulation, "--rows", str(args.rows)]
+    cmd += ["--features", str(args.features), "--seed", str(args.seed)]
+    env = os.environ.copy()
+    if args.omp_wait_policy != "inherit":
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    proc.stdout.close()
+    # wait4 gives this child's own rusage (RUSAGE_CHILDREN would be a max over all children).
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"child failed ({proc.returncode}): {shlex.join(cmd)}")
+    res = json.loads(out.strip().splitlines()[-1])
+    res["repeat"] = repeat
+    # Resetting VmHWM in the child also lowers the ru_maxrss the kernel reports at exit, so
+    # the whole-process peak is the larger of it and the peak seen before the reset.
+    res["process_peak_rss_mb"] = round(max(usage.ru_maxrss / 1024, res["generate_peak_mb"]), 1)
+    res["meets_target"] = res["total_s"] <= TARGET_SECONDS
+    res["x_reference"] = round(res["total_s"] / REFERENCE_SECONDS, 2)
+    return res
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+COLUMNS = [
+    ("formulation", "formulation"),
+    ("rows", "rows (train/valid)"),
+    ("features", "features"),
+    ("propensity_s", "propensity s"),
+    ("conversion_s", "conversion s"),
+    ("churn_s", "churn s"),
+    ("total_s", "total s"),
+    ("total_cpu_s", "total CPU s"),
+    ("rounds", "rounds conv / churn / prop"),
+    ("fit_peak_rss_mb", "peak RSS fit MB"),
+    ("process_peak_rss_mb", "peak RSS process MB"),
+    ("meets_target", "≤ 60 s"),
+    ("x_reference", "× ref 46 s"),
+    ("load", "load 1m"),
+]
+
+
+def _cell(res: dict[str, Any], key: str) -> str:
+    if key == "rows":
+        return f"{res['rows']:,} ({res['rows_train']:,}/{res['rows_valid']:,})"
+    if key == "rounds":
+        conv, churn = res["conversion_rounds"]["summary"], res["churn_rounds"]["summary"]
+        return f"{conv} / {churn} / {res['propensity_rounds']}"
+    if key == "meets_target":
+        return "yes" if res[key] else "no"
+    if key == "load":
+        return "{} → {}".format(*res["load_1m_during"])
+    return str(res.get(key))
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |"]
+    lines.append("|" + "---|" * len(COLUMNS))
+    for res in results:
+        lines.append("| " + " | ".join(_cell(res, k) for k, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="decision points in all")
+    parser.add_argument("--features", type=int, default=170)
+    parser.add_argument("--formulations", default=",".join(FORMULATIONS))
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--omp-wait-policy",
+        choices=["inherit", "passive", "active"],
+        default="inherit",
+        help="OMP_WAIT_POLICY for the children; on a shared, busy machine the default (spinning)"
+        " policy made LightGBM ~10x slower, `passive` avoids that",
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_child(args.rows, args.features, args.child, args.seed)))
+        return 0
+    formulations = [f.strip() for f in args.formulations.split(",") if f.strip()]
+    unknown = set(formulations) - set(FORMULATIONS)
+    if unknown:
+        parser.error(f"unknown formulations {sorted(unknown)}; choose from {FORMULATIONS}")
+
+    command = shlex.join(["python", "bench/bench_training.py", *(argv or sys.argv[1:])])
+    before = _uptime()
+    print(f"uptime before: {before}", flush=True)
+    results = []
+    for formulation in formulations:
+        for repeat in range(args.repeats):
+            res = _measure(args, formulation, repeat)
+            results.append(res)
+            print(json.dumps(res), flush=True)
+    after = _uptime()
+    print(f"uptime after:  {after}")
+    print()
+    print(markdown_table(results))
+    print()
+    print(f"target: ≤ {TARGET_SECONDS:.0f} s for the full fit (propensity + conversion + churn)")
+    print(f"reference (docs/MEASURED.md): {REFERENCE}")
+    for formulation in formulations:
+        totals = sorted(r["total_s"] for r in results if r["formulation"] == formulation)
+        median = totals[len(totals) // 2]
+        verdict = "met" if median <= TARGET_SECONDS else "NOT met"
+        print(
+            f"{formulation}: median total {median:.1f} s → target {verdict}; "
+            f"{median / REFERENCE_SECONDS:.2f}× the reference"
+        )
+    print(f"command: {command}")
+    if args.json:
+        payload = {"command": command, "uptime_before": before, "uptime_after": after}
+        args.json.write_text(json.dumps({**payload, "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
