@@ -262,6 +262,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serving.app import serve
+    from serving.settings import ServingSettings
+
+    options: dict[str, Any] = {"model": resolve_model(args.model)}
+    for name, value in (
+        ("events_path", args.events),
+        ("customers_path", args.customers),
+        ("host", args.host),
+        ("port", args.port),
+    ):
+        if value is not None:  # unset options come from TOUCHPOINT_* variables or defaults
+            options[name] = value
+    settings = ServingSettings(**options)
+    log(f"serving {settings.model} on http://{settings.host}:{settings.port} (docs at /docs)")
+    serve(settings)
+    return 0
+
+
 def cmd_hillstrom(args: argparse.Namespace) -> int:
     from training.hillstrom import format_report, run_hillstrom
 
@@ -505,6 +524,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=count, default=3, help="ranked actions per customer (default 3)")
     p.add_argument("--out", required=True, help="output CSV")
     p.set_defaults(handler=cmd_recommend)
+
+    p = sub.add_parser("serve", help="the HTTP API (FastAPI under uvicorn)")
+    p.add_argument("--model", required=True, help="bundle folder or models:/touchpoint@champion")
+    p.add_argument("--events", help="load the history store from this log (CSV or Parquet)")
+    p.add_argument("--customers", help="customer attributes and consent (CSV or Parquet)")
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=count, help="port (default 8000)")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("evaluate", help="off-policy value of a trained model on a log")
+    _add_input_args(p, catalog=False)
+    p.add_argument("--model", required=True, help="bundle folder or models:/touchpoint@champion")
+    p.add_argument("--out", required=True, help="output CSV of policy values")
+    p.add_argument("--bootstrap", type=count, default=500, help="bootstrap samples (default 500)")
+    p.add_argument("--seed", type=count, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--ground-truth",
+        help="simulator ground truth (default: ground_truth.parquet next to --events, if present)",
+    )
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser(
+        "hillstrom", help="the real randomized Hillstrom e-mail test: policy value and uplift"
+    )
+    p.add_argument(
+        "--data",
+        default="../shared/data/hillstrom.csv",
+        help="path to hillstrom.csv (default ../shared/data/hillstrom.csv)",
+    )
+    p.add_argument("--seed", type=count, default=42, help="split seed (default 42)")
+    p.add_argument("--bootstrap", type=count, default=1000, help="bootstrap samples (default 1000)")
+    p.set_defaults(handler=cmd_hillstrom)
 
     p = sub.add_parser(
         "demo", help="simulate, validate, featurize, train and recommend, end to end"

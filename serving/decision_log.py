@@ -1,0 +1,134 @@
+"""The decision log: one append-only row per recommendation, for off-policy evaluation.
+
+Each row keeps what Open Bandit Pipeline calls the logged feedback minus the reward:
+the context (customer, time, request context), the action chosen, its exact propensity
+under the serving policy, and every candidate with its scores and suppression.  The
+reward is joined later from the events that carry the ``decision_id`` (CONTRACT §1).
+
+Rows are only ever inserted; nothing updates or deletes them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from serving.store import SQLiteConnections
+
+__all__ = ["DecisionLog", "DecisionRecord", "OPE_COLUMNS"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    decision_id    TEXT PRIMARY KEY,
+    decision_time  INTEGER NOT NULL,   -- ns since the epoch, UTC (the request's as_of)
+    logged_at      INTEGER NOT NULL,   -- ns since the epoch, UTC (wall clock)
+    customer_id    TEXT    NOT NULL,
+    model_version  TEXT    NOT NULL,
+    action         TEXT    NOT NULL,   -- the chosen (sampled) action
+    propensity     REAL    NOT NULL,   -- its probability under the serving policy
+    candidates     TEXT    NOT NULL,   -- JSON list of {action, score, p_conversion, ...}
+    suppressed     TEXT    NOT NULL,   -- JSON list of {action, rule}
+    context        TEXT    NOT NULL    -- JSON object
+);
+CREATE INDEX IF NOT EXISTS decisions_time ON decisions (decision_time);
+"""
+
+#: Columns of :meth:`DecisionLog.export_parquet`, in order.
+OPE_COLUMNS = (
+    "decision_id",
+    "customer_id",
+    "decision_time",
+    "action",
+    "propensity",
+    "model_version",
+)
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One decision, as logged."""
+
+    decision_id: str
+    decision_time: pd.Timestamp
+    customer_id: str
+    model_version: str
+    action: str
+    propensity: float
+    candidates: Sequence[Mapping[str, Any]]
+    suppressed: Sequence[Mapping[str, str]]
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _ns(t: pd.Timestamp) -> int:
+    t = pd.Timestamp(t)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    return int(t.as_unit("ns").value)
+
+
+class DecisionLog:
+    """An append-only SQLite table of decisions (WAL mode; safe across threads)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = SQLiteConnections(path, _SCHEMA)
+        self.path = self._db.path
+
+    def append(self, records: Sequence[DecisionRecord]) -> None:
+        """Insert decisions in one transaction (a batch request logs all or none)."""
+        now = _ns(pd.Timestamp.now(tz="UTC"))
+        rows = [
+            (
+                r.decision_id,
+                _ns(r.decision_time),
+                now,
+                r.customer_id,
+                r.model_version,
+                r.action,
+                float(r.propensity),
+                json.dumps(list(r.candidates), default=str),
+                json.dumps(list(r.suppressed), default=str),
+                json.dumps(dict(r.context), default=str),
+            )
+            for r in records
+        ]
+        with self._db.writing() as conn:
+            conn.executemany("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def count(self) -> int:
+        return int(self._db.connection().execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
+
+    def frame(self, *, full: bool = False) -> pd.DataFrame:
+        """The log as a DataFrame: :data:`OPE_COLUMNS`, plus the JSON columns when ``full``."""
+        cols = list(OPE_COLUMNS) + (["candidates", "suppressed", "context"] if full else [])
+        rows = (
+            self._db.connection()
+            .execute(f"SELECT {', '.join(cols)} FROM decisions ORDER BY decision_time, rowid")
+            .fetchall()
+        )
+        frame = pd.DataFrame.from_records(rows, columns=cols)
+        frame["decision_time"] = pd.to_datetime(
+            frame["decision_time"].astype("int64"), unit="ns", utc=True
+        )
+        frame["propensity"] = frame["propensity"].astype("float64")
+        for c in ("decision_id", "customer_id", "action", "model_version"):
+            frame[c] = frame[c].astype(object)
+        return frame
+
+    def export_parquet(self, path: str | Path) -> Path:
+        """Write the OPE-ready table (:data:`OPE_COLUMNS`) to Parquet; return the path.
+
+        ``action`` is the chosen action and ``propensity`` its exact probability under the
+        serving policy (IPS weight ``1 / propensity``).  Join the reward from the events
+        whose ``decision_id`` matches.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.frame().to_parquet(path, index=False)
+        return path
+
+    def close(self) -> None:
+        self._db.close()

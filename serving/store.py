@@ -1,0 +1,309 @@
+"""The history store: raw touchpoints and customer attributes, read back per customer.
+
+The service computes features from *raw events* with the bundle's feature code, so the
+store keeps events exactly as the canonical event table holds them (CONTRACT §1) and
+never anything model-specific: a new model needs no migration.
+
+:class:`HistoryStore` is the interface the app depends on; :class:`SQLiteHistoryStore` is
+the implementation shipped (one file, WAL mode, good for one host).  A PostgreSQL or
+Redis store implements the same four methods and the engine never notices.
+
+Idempotence
+-----------
+Every stored row has a ``dedup_key``, UNIQUE: its ``event_id`` when it has one (CONTRACT
+§1), otherwise ``"h:"`` + a 64-bit hash of its content (customer, time, channel, type,
+action, value, propensity, decision id) and its occurrence number among identical rows
+of the same call.  Re-loading the same file is therefore harmless even without event ids,
+while two identical rows inside one file are both kept.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from features.counters import to_ns
+from features.schema import EVENT_COLUMNS
+
+__all__ = ["HistoryStore", "SQLiteConnections", "SQLiteHistoryStore"]
+
+#: Rows per executemany call of a bulk load.
+CHUNK_ROWS = 50_000
+
+
+@runtime_checkable
+class HistoryStore(Protocol):
+    """What the service needs from a history store."""
+
+    def add(self, events: pd.DataFrame) -> tuple[int, int]:
+        """Store canonical events; return ``(accepted, duplicates)``."""
+        ...
+
+    def history(
+        self, customer_id: str, before: pd.Timestamp, since: pd.Timestamp | None = None
+    ) -> pd.DataFrame:
+        """The customer's events with ``since <= timestamp < before`` (canonical table)."""
+        ...
+
+    def customers(self, ids: Sequence[str]) -> pd.DataFrame:
+        """``customer_id`` plus the stored attributes of the known ids (unknown ids: no row)."""
+        ...
+
+    def load_customers(self, customers: pd.DataFrame) -> int:
+        """Insert or replace customer rows; return how many."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SQLiteConnections:
+    """One SQLite connection per thread (WAL, so readers never wait), one writer at a time."""
+
+    def __init__(self, path: str | Path, schema: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.write_lock = threading.Lock()
+        with self.write_lock:
+            self.connection().executescript(schema)
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(
+                "PRAGMA synchronous=NORMAL"
+            )  # durable at WAL checkpoints; no fsync per commit
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """A transaction on this thread's connection, serialized with other writers."""
+        conn = self.connection()
+        with self.write_lock, conn:
+            yield conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    customer_id  TEXT    NOT NULL,
+    ts           INTEGER NOT NULL,          -- ns since the epoch, UTC
+    channel      TEXT    NOT NULL,
+    event_type   TEXT    NOT NULL,
+    action       TEXT,
+    value        REAL,
+    propensity   REAL,
+    event_id     TEXT,
+    decision_id  TEXT,
+    dedup_key    TEXT    NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS events_customer_time ON events (customer_id, ts);
+CREATE TABLE IF NOT EXISTS customers (
+    customer_id  TEXT PRIMARY KEY,
+    attributes   TEXT NOT NULL              -- JSON object
+);
+"""
+
+_INSERT = (
+    "INSERT OR IGNORE INTO events (customer_id, ts, channel, event_type, action, value, "
+    "propensity, event_id, decision_id, dedup_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT = (
+    "SELECT customer_id, ts, channel, event_type, action, value, propensity, event_id, "
+    "decision_id FROM events WHERE customer_id = ? AND ts < ? AND ts >= ? ORDER BY ts, seq"
+)
+
+
+def _text_list(col: pd.Series) -> list[str | None]:
+    values = col.astype(object).where(col.notna(), None).tolist()
+    return [None if v is None else str(v) for v in values]
+
+
+def _float_list(col: pd.Series) -> list[float | None]:
+    arr = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    return [None if np.isnan(v) else float(v) for v in arr.tolist()]
+
+
+def dedup_keys(events: pd.DataFrame) -> list[str]:
+    """The UNIQUE key of each canonical event row (see the module docstring)."""
+    n = len(events)
+    if n == 0:
+        return []
+    content = pd.DataFrame(
+        {
+            c: events[c].astype(object).where(events[c].notna(), None).astype(str)
+            for c in ("customer_id", "channel", "event_type", "action", "decision_id")
+        }
+    )
+    content["ts"] = to_ns(events["timestamp"])
+    content["value"] = events["value"].astype("float64").to_numpy()
+    content["propensity"] = events["propensity"].astype("float64").to_numpy()
+    base = pd.util.hash_pandas_object(content, index=False).to_numpy()
+    occurrence = pd.Series(base).groupby(base).cumcount().to_numpy()
+    hashed = pd.util.hash_pandas_object(
+        pd.DataFrame({"h": base, "o": occurrence}), index=False
+    ).to_numpy()
+    ids = events["event_id"].astype(object).tolist()
+    return [
+        f"id:{eid}" if eid is not None and eid == eid else f"h:{h:016x}"
+        for eid, h in zip(ids, hashed.tolist(), strict=True)
+    ]
+
+
+class SQLiteHistoryStore:
+    """:class:`HistoryStore` in one SQLite file (WAL mode; safe across threads)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = SQLiteConnections(path, _SCHEMA)
+        self.path = self._db.path
+
+    # ------------------------------------------------------------------ events
+    def add(self, events: pd.DataFrame, *, chunk_rows: int = CHUNK_ROWS) -> tuple[int, int]:
+        """Store canonical events (``normalize_events`` output) in chunks; duplicates skipped.
+
+        Returns ``(accepted, duplicates)``: rows inserted, and rows whose ``event_id`` (or
+        content, for rows without one) was already stored.
+        """
+        n = len(events)
+        if n == 0:
+            return 0, 0
+        accepted = 0
+        keys = dedup_keys(events)
+        for lo in range(0, n, chunk_rows):
+            part = events.iloc[lo : lo + chunk_rows]
+            rows = zip(
+                _text_list(part["customer_id"]),
+                to_ns(part["timestamp"]).tolist(),
+                _text_list(part["channel"]),
+                _text_list(part["event_type"]),
+                _text_list(part["action"]),
+                _float_list(part["value"]),
+                _float_list(part["propensity"]),
+                _text_list(part["event_id"]),
+                _text_list(part["decision_id"]),
+                keys[lo : lo + chunk_rows],
+                strict=True,
+            )
+            with self._db.writing() as conn:
+                cur = conn.executemany(_INSERT, rows)
+                accepted += max(cur.rowcount, 0)
+        return accepted, n - accepted
+
+    def history(
+        self, customer_id: str, before: pd.Timestamp, since: pd.Timestamp | None = None
+    ) -> pd.DataFrame:
+        """The customer's events with ``since <= timestamp < before``, as a canonical table."""
+        lo = np.iinfo(np.int64).min if since is None else _ns(since)
+        rows = (
+            self._db.connection().execute(_SELECT, (str(customer_id), _ns(before), lo)).fetchall()
+        )
+        return events_frame(rows)
+
+    def count(self) -> int:
+        """Number of stored events."""
+        return int(self._db.connection().execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    # ------------------------------------------------------------------ customers
+    def load_customers(self, customers: pd.DataFrame, *, chunk_rows: int = CHUNK_ROWS) -> int:
+        """Insert or replace customer rows (``customer_id`` plus attributes)."""
+        if "customer_id" not in customers:
+            raise ValueError("customers table without a customer_id column")
+        attrs = [c for c in customers.columns if c != "customer_id"]
+        n = len(customers)
+        for lo in range(0, n, chunk_rows):
+            part = customers.iloc[lo : lo + chunk_rows]
+            ids = _text_list(part["customer_id"])
+            columns = {
+                c: part[c].astype(object).where(part[c].notna(), None).tolist() for c in attrs
+            }
+            payload = [
+                json.dumps({c: _jsonable(columns[c][i]) for c in attrs}) for i in range(len(part))
+            ]
+            with self._db.writing() as conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO customers (customer_id, attributes) VALUES (?, ?)",
+                    [(cid, p) for cid, p in zip(ids, payload, strict=True) if cid is not None],
+                )
+        return n
+
+    def customers(self, ids: Sequence[str]) -> pd.DataFrame:
+        """``customer_id`` plus attributes of the known ids (unknown ids have no row)."""
+        ids = [str(i) for i in ids]
+        if not ids:
+            return pd.DataFrame({"customer_id": pd.Series([], dtype=object)})
+        marks = ",".join("?" * len(ids))
+        rows = (
+            self._db.connection()
+            .execute(
+                f"SELECT customer_id, attributes FROM customers WHERE customer_id IN ({marks})",
+                ids,
+            )
+            .fetchall()
+        )
+        records = [{"customer_id": cid, **json.loads(a)} for cid, a in rows]
+        frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+        if "customer_id" not in frame:
+            frame["customer_id"] = pd.Series([], dtype=object)
+        return frame
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value
+
+
+def _ns(t: pd.Timestamp) -> int:
+    t = pd.Timestamp(t)
+    t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    return int(t.as_unit("ns").value)
+
+
+def events_frame(rows: Sequence[tuple[Any, ...]]) -> pd.DataFrame:
+    """Rows ``(customer_id, ts_ns, channel, event_type, action, value, propensity, event_id,
+    decision_id)`` -> the canonical event columns, in order.
+
+    The id and vocabulary columns are plain ``object`` strings rather than ``category``:
+    building four categoricals costs ~1 ms per request, and the feature code factorizes
+    any dtype (``features.counters.prepare_events``).
+    """
+    cols = list(zip(*rows, strict=True)) if rows else [()] * len(EVENT_COLUMNS)
+    data: dict[str, Any] = {}
+    for name, values in zip(EVENT_COLUMNS, cols, strict=True):
+        if name == "timestamp":
+            data[name] = pd.DatetimeIndex(np.asarray(values, dtype="datetime64[ns]")).tz_localize(
+                "UTC"
+            )
+        elif name in ("value", "propensity"):
+            data[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        else:
+            data[name] = np.array(values, dtype=object)
+    return pd.DataFrame(data, columns=list(EVENT_COLUMNS), copy=False)

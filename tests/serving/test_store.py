@@ -1,0 +1,141 @@
+"""The SQLite history store and the decision log: idempotence, point in time, round trips."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from features.schema import EVENT_COLUMNS
+from serving.decision_log import OPE_COLUMNS, DecisionLog, DecisionRecord
+from serving.store import HistoryStore, SQLiteHistoryStore
+from tests.conftest import make_events
+
+T0 = pd.Timestamp("2024-03-01", tz="UTC")
+
+
+def _events() -> pd.DataFrame:
+    return make_events(
+        [
+            ("c1", "2024-03-01 10:00", "email", "sent", "email_promo"),
+            ("c1", "2024-03-02 10:00", "email", "open", "email_promo"),
+            ("c1", "2024-03-05 10:00", "web", "purchase", None, 30.0),
+            ("c2", "2024-03-03 09:00", "sms", "unsubscribe"),
+        ]
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteHistoryStore]:
+    s = SQLiteHistoryStore(tmp_path / "store.db")
+    yield s
+    s.close()
+
+
+def test_store_implements_the_interface(store: SQLiteHistoryStore) -> None:
+    assert isinstance(store, HistoryStore)
+    mode = store._db.connection().execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode.lower() == "wal"
+
+
+def test_add_is_idempotent_with_and_without_event_ids(store: SQLiteHistoryStore) -> None:
+    ev = _events()
+    assert store.add(ev, chunk_rows=3) == (4, 0)
+    assert store.add(ev) == (0, 4)  # same content, no ids: recognized by content
+    with_ids = _events()
+    with_ids["event_id"] = ["e1", "e2", "e3", "e4"]
+    with_ids["timestamp"] = with_ids["timestamp"] + pd.Timedelta(days=10)
+    assert store.add(with_ids) == (4, 0)
+    moved = with_ids.copy()
+    moved["timestamp"] = moved["timestamp"] + pd.Timedelta(hours=1)
+    assert store.add(moved) == (0, 4)  # same event_id: a duplicate whatever the content
+    assert store.count() == 8
+
+
+def test_identical_rows_in_one_batch_are_both_kept(store: SQLiteHistoryStore) -> None:
+    twice = make_events(
+        [("c1", "2024-03-01", "web", "visit"), ("c1", "2024-03-01", "web", "visit")]
+    )
+    assert store.add(twice) == (2, 0)
+    assert store.add(twice) == (0, 2)
+
+
+def test_history_is_strictly_before_and_canonical(store: SQLiteHistoryStore) -> None:
+    store.add(_events())
+    h = store.history("c1", before=pd.Timestamp("2024-03-05 10:00", tz="UTC"))
+    assert list(h.columns) == list(EVENT_COLUMNS)
+    assert h["event_type"].tolist() == ["sent", "open"]  # the purchase AT `before` is excluded
+    assert str(h["timestamp"].dtype) == "datetime64[ns, UTC]"
+    assert h["timestamp"].is_monotonic_increasing
+    assert h["action"].tolist() == ["email_promo", "email_promo"]
+    since = store.history(
+        "c1", before=T0 + pd.Timedelta(days=30), since=pd.Timestamp("2024-03-02", tz="UTC")
+    )
+    assert since["event_type"].tolist() == ["open", "purchase"]
+    assert since["value"].iloc[1] == 30.0
+    empty = store.history("nobody", before=T0 + pd.Timedelta(days=30))
+    assert len(empty) == 0 and list(empty.columns) == list(EVENT_COLUMNS)
+
+
+def test_customers_round_trip(store: SQLiteHistoryStore) -> None:
+    customers = pd.DataFrame(
+        {"customer_id": ["c1", "c2"], "consent_sms": [False, True], "tier": ["gold", None]}
+    )
+    assert store.load_customers(customers) == 2
+    got = store.customers(["c2", "c1", "unknown"]).set_index("customer_id")
+    assert sorted(got.index) == ["c1", "c2"]
+    assert not bool(got.loc["c1", "consent_sms"]) and bool(got.loc["c2", "consent_sms"])
+    assert got.loc["c1", "tier"] == "gold"
+    store.load_customers(pd.DataFrame({"customer_id": ["c1"], "consent_sms": [True]}))
+    assert bool(store.customers(["c1"])["consent_sms"].iloc[0])  # replaced
+    assert list(store.customers([]).columns) == ["customer_id"]
+
+
+def test_concurrent_writers_lose_nothing(store: SQLiteHistoryStore) -> None:
+    def write(i: int) -> None:
+        rows = [(f"t{i}", f"2024-03-01 {h:02d}:00", "web", "visit") for h in range(5)]
+        store.add(make_events(rows))
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.count() == 30
+    assert len(store.history("t3", before=T0 + pd.Timedelta(days=1))) == 5
+
+
+def test_decision_log_exports_ope_table(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "decisions.db")
+    records = [
+        DecisionRecord(
+            decision_id=f"d{i}",
+            decision_time=T0 + pd.Timedelta(hours=i),
+            customer_id=f"c{i}",
+            model_version="v1",
+            action="email_promo" if i else "none",
+            propensity=0.9 if i else 0.05,
+            candidates=[{"action": "none", "score": 0.0}],
+            suppressed=[{"action": "sms_offer", "rule": "consent"}],
+            context={"channel": "web"},
+        )
+        for i in range(3)
+    ]
+    log.append(records)
+    assert log.count() == 3
+    with pytest.raises(Exception, match="UNIQUE"):
+        log.append(records[:1])  # append-only: a decision id is never overwritten
+    out = pd.read_parquet(log.export_parquet(tmp_path / "ope" / "decisions.parquet"))
+    assert tuple(out.columns) == OPE_COLUMNS
+    assert out["decision_id"].tolist() == ["d0", "d1", "d2"]
+    assert out["propensity"].tolist() == [0.05, 0.9, 0.9]
+    assert (
+        str(out["decision_time"].dtype).startswith("datetime64")
+        and out["decision_time"].iloc[0] == T0
+    )
+    full = log.frame(full=True)
+    assert '"consent"' in full["suppressed"].iloc[0]
+    log.close()
