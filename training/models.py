@@ -24,17 +24,14 @@ from serving.scoring import Calibration, Formulation, OutcomeScorer
 #: LightGBM defaults, chosen for ~100k–1M rows on 2 cores; overridable from the CLI.
 DEFAULT_PARAMS: Mapping[str, Any] = {
     "objective": "binary",
-    "learning_rate": 0.1,
+    "learning_rate": 0.05,
     "num_leaves": 31,
     "min_data_in_leaf": 100,
-    # Half the ~170 features per tree and 63 bins: each round costs about a third of the
-    # LightGBM defaults here, at no measurable loss of policy value (docs/TRAINING.md).
-    "feature_fraction": 0.5,
+    "feature_fraction": 0.8,
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
     "lambda_l2": 1.0,
-    "max_bin": 63,
-    "force_col_wise": True,
+    "max_bin": 127,
     "num_threads": 2,
     "verbose": -1,
 }
@@ -52,7 +49,7 @@ OFFSET_PARAMS: Mapping[str, Any] = {
 #: The shared offset booster sees every row, so it can afford a little more capacity; the
 #: action code is its categorical column, so its splits are about how actions differ.
 SHARED_OFFSET_PARAMS: Mapping[str, Any] = {
-    "learning_rate": 0.05,
+    "learning_rate": 0.03,
     "num_leaves": 15,
     "min_data_in_leaf": 300,
     "lambda_l2": 10.0,
