@@ -407,7 +407,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return status
     print(f"recommendations: {work / 'recommendations.csv'}")
     print("MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db")
-    return 0
+    if args.no_serve:
+        return 0
+    port = args.port
+    print(
+        "\nThe service is starting; once /readyz answers 200, try:\n"
+        f"  curl -s http://127.0.0.1:{port}/readyz\n"
+        f"  curl -s -X POST http://127.0.0.1:{port}/v1/recommendations "
+        '-H \'content-type: application/json\' -d \'{"customer_id": "c0000001", "k": 3}\'\n'
+        "Stop it with Ctrl-C.",
+        flush=True,
+    )
+    serve_step = [
+        "serve", "--model", "models:/touchpoint@champion",
+        "--events", str(data / "events.parquet"),
+        "--customers", str(data / "customers.parquet"),
+        "--port", str(port),
+    ]  # fmt: skip
+    log("$ touchpoint " + " ".join(serve_step))
+    return main(serve_step)
 
 
 def _end_of(args: argparse.Namespace) -> str:
@@ -570,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=count, default=0, help="random seed (default 0)")
     p.add_argument("--start", default="2026-01-01", help=argparse.SUPPRESS)
     p.add_argument("--experiment", default="touchpoint-demo", help="MLflow experiment")
+    p.add_argument("--port", type=count, default=8000, help="service port (default 8000)")
+    p.add_argument("--no-serve", action="store_true", help="stop after the batch recommendations")
     p.set_defaults(handler=cmd_demo)
 
     return parser
