@@ -1,0 +1,133 @@
+"""How close each model formulation gets to the oracle, by the simulator's ground truth.
+
+Usage::
+
+    python bench/bench_policy.py --customers 10000 --days 300 --seed 0 \
+        --formulations shared_offset,single,offset,per_action
+
+Simulates a world (or reuses ``--data DIR`` from ``touchpoint simulate``), builds the
+decision-point table once, then for each formulation fits the conversion and churn models
+on the training part of the time split and lets the serving engine recommend for the
+held-out customers at the end of the history (the ``touchpoint recommend`` path).  It
+prints, per formulation, the oracle fraction ``(V(policy) - V(none)) / (V(oracle) -
+V(none))``, the seconds spent fitting, and the action mix, next to the best single action
+and the attribute policy computed from the ground truth itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from features.catalog import load_catalog  # noqa: E402
+from features.ingest import read_customers, read_events  # noqa: E402
+from features.pipeline import build_feature_table  # noqa: E402
+from features.schema import NO_ACTION  # noqa: E402
+from serving.bundle import Bundle  # noqa: E402
+from serving.engine import DecisionEngine  # noqa: E402
+from training.datasets import make_time_split  # noqa: E402
+from training.labels import LabelWindows, label_decisions  # noqa: E402
+from training.models import fit_outcome_model  # noqa: E402
+from training.simulator import (  # noqa: E402
+    attribute_policy_choices,
+    best_single_action_choices,
+    oracle_fraction,
+    simulate,
+    write_simulation,
+)
+from training.train import TrainConfig, feature_spec_for  # noqa: E402
+from training.truth import simulated_truth  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", help="a folder written by touchpoint simulate")
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--formulations", default="shared_offset,single,offset,per_action")
+    args = parser.parse_args()
+
+    data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="bench-policy-"))
+    if not (data / "events.parquet").exists():
+        print(f"simulating {args.customers} customers x {args.days} days (seed {args.seed})")
+        sim = simulate(n_customers=args.customers, days=args.days, seed=args.seed)
+        write_simulation(sim, data)
+    events = read_events(data / "events.parquet").events
+    customers = read_customers(data / "customers.parquet").customers
+    catalog = load_catalog(data / "catalog.yaml")
+    truth = pd.read_parquet(data / "ground_truth.parquet")
+
+    spec = feature_spec_for(events, customers, catalog, TrainConfig(seed=args.seed))
+    started = time.perf_counter()
+    table = build_feature_table(events, customers, spec)
+    labels = label_decisions(events, table, LabelWindows.from_catalog(catalog))
+    keep = ~labels["censored"].to_numpy()
+    table, labels = table.loc[keep].reset_index(drop=True), labels.loc[keep].reset_index(drop=True)
+    actions = (NO_ACTION, *catalog.action_ids)
+    table = table[table["action"].astype(str).isin(actions)]
+    labels = labels.loc[table.index]
+    split = make_time_split(
+        table["decision_time"], gap_days=LabelWindows.from_catalog(catalog).lookahead_days
+    )
+    part = split.assign(table["decision_time"]).to_numpy()
+    codes = pd.Categorical(table["action"].astype(str), categories=actions).codes.astype(np.int64)
+    X = table[list(spec.feature_names)].to_numpy(dtype=np.float64)
+    tr, va = part == "train", part == "valid"
+    print(
+        f"{len(events):,} events, {len(table):,} labelled decision points "
+        f"({tr.sum():,} train, {va.sum():,} valid) in {time.perf_counter() - started:.0f}s"
+    )
+
+    cat = catalog.to_dict()
+    for name, choices in (
+        ("best single action (from truth)", best_single_action_choices(truth, cat)),
+        ("attribute policy (from truth)", attribute_policy_choices(truth, customers, cat)),
+    ):
+        print(f"{name:34s} oracle fraction {oracle_fraction(truth, choices, cat):.3f}")
+    rows = []
+    for formulation in args.formulations.split(","):
+        started = time.perf_counter()
+        scorers = []
+        for target in ("conversion", "churn"):
+            y = labels[target].to_numpy(dtype=np.float64)
+            scorer, _ = fit_outcome_model(
+                X[tr], codes[tr], y[tr], X[va], codes[va], y[va],
+                actions=actions, formulation=formulation,  # type: ignore[arg-type]
+                feature_names=list(spec.feature_names), seed=args.seed,
+            )  # fmt: skip
+            scorers.append(scorer)
+        fit_s = time.perf_counter() - started
+        engine = DecisionEngine(
+            Bundle(path=data, model_version=formulation, actions=actions, spec=spec,
+                   catalog=catalog, conversion=scorers[0], churn=scorers[1])
+        )  # fmt: skip
+        metrics, chosen = simulated_truth(
+            engine, events, customers, truth, catalog, best_single=NO_ACTION
+        )
+        mix = chosen["action"].value_counts(normalize=True).head(4)
+        rows.append((formulation, metrics["truth.oracle_fraction.model"], fit_s))
+        print(
+            f"{formulation:34s} oracle fraction {metrics['truth.oracle_fraction.model']:.3f}"
+            f"  fit {fit_s:.0f}s  violations {metrics['truth.violations']:.0f}  mix "
+            + ", ".join(f"{a} {p:.0%}" for a, p in mix.items())
+        )
+    print("\nformulation      oracle_fraction  fit_seconds")
+    for formulation, fraction, fit_s in rows:
+        print(f"{formulation:16s} {fraction:15.3f}  {fit_s:11.0f}")
+
+
+if __name__ == "__main__":
+    main()
