@@ -96,17 +96,21 @@ def contact_state_from_features(
 
 
 def in_quiet_hours(policy: ContactPolicy, decision_time: pd.Series | pd.Timestamp) -> np.ndarray:
-    """True where the decision time falls inside the quiet hours (local to their timezone)."""
-    times = pd.to_datetime(
-        pd.Series([decision_time]) if isinstance(decision_time, pd.Timestamp) else decision_time,
-        utc=True,
-    )
+    """True where the decision time falls inside the quiet hours (local to their timezone).
+
+    A single timestamp (the online case) takes a scalar path: building a Series for one
+    value cost milliseconds per request.
+    """
     quiet = policy.quiet_hours
-    if quiet is None:
-        return np.zeros(len(times), dtype=bool)
-    hour = times.dt.tz_convert(ZoneInfo(quiet.timezone)).dt.hour.to_numpy()
-    if quiet.start == quiet.end:
-        return np.zeros(len(times), dtype=bool)
+    n = 1 if isinstance(decision_time, pd.Timestamp) else len(decision_time)
+    if quiet is None or quiet.start == quiet.end:
+        return np.zeros(n, dtype=bool)
+    zone = ZoneInfo(quiet.timezone)
+    if isinstance(decision_time, pd.Timestamp):
+        ts = decision_time if decision_time.tzinfo else decision_time.tz_localize("UTC")
+        hour = np.array([ts.tz_convert(zone).hour])
+    else:
+        hour = pd.to_datetime(decision_time, utc=True).dt.tz_convert(zone).dt.hour.to_numpy()
     if quiet.start < quiet.end:
         return (hour >= quiet.start) & (hour < quiet.end)
     return (hour >= quiet.start) | (hour < quiet.end)  # wraps past midnight

@@ -62,3 +62,12 @@ def test_quiet_hours_wrap_past_midnight() -> None:
         )
     )
     assert in_quiet_hours(POLICY, times).tolist() == [True, True, False, False]
+
+
+def test_single_timestamp_path_agrees_with_the_series_path() -> None:
+    times = pd.date_range("2026-01-01", periods=48, freq="30min", tz="UTC")
+    series = in_quiet_hours(POLICY, pd.Series(times))
+    scalar = np.array([in_quiet_hours(POLICY, t)[0] for t in times])
+    assert np.array_equal(series, scalar)
+    naive = in_quiet_hours(POLICY, pd.Timestamp("2026-01-01 23:00"))
+    assert naive.tolist() == [True]
