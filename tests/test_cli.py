@@ -16,6 +16,7 @@ COMMANDS = [
     "train",
     "recommend",
     "evaluate",
+    "serve",
     "hillstrom",
     "demo",
 ]

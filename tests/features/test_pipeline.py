@@ -216,9 +216,9 @@ def test_decision_points_properties(log: pd.DataFrame, spec: FeatureSpec) -> Non
     none_keys = set(zip(nones["customer_id"].astype(str), nones["decision_time"], strict=True))
     assert not send_keys & none_keys
     # No "no action" moment after the customer's explicit churn event.
-    churned_at = log[log["event_type"] == "churn"].groupby("customer_id", observed=True)[
-        "timestamp"
-    ].min()
+    churned_at = (
+        log[log["event_type"] == "churn"].groupby("customer_id", observed=True)["timestamp"].min()
+    )
     stop = churned_at.reindex(nones["customer_id"].astype(str)).to_numpy()
     has_stop = ~pd.isna(stop)
     assert (nones["decision_time"].to_numpy()[has_stop] <= stop[has_stop]).all()
