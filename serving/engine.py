@@ -103,10 +103,7 @@ class DecisionEngine:
         rows, codes = rows[keep], codes[keep]
         # rows is sorted, so a row's rank is its offset from the first entry of its customer.
         rank = np.arange(len(rows)) - np.searchsorted(rows, rows) + 1
-        suppressed = [
-            ";".join(f"{self.actions[a]}:{RULES[c - 1]}" for a, c in enumerate(r) if c)
-            for r in scored.suppression
-        ]
+        suppressed = self._suppressed_text(scored.suppression)
         return pd.DataFrame(
             {
                 "customer_id": customer_ids.to_numpy()[rows],
@@ -116,6 +113,18 @@ class DecisionEngine:
                 "score": scored.scores[rows, codes],
                 "p_conversion": scored.p_conversion[rows, codes],
                 "p_churn": scored.p_churn[rows, codes],
-                "suppressed": np.asarray(suppressed, dtype=object)[rows],
+                "suppressed": suppressed[rows],
             }
         )
+
+    def _suppressed_text(self, codes: np.ndarray) -> np.ndarray:
+        """``"sms_offer:consent;phone_call:cooldown"`` per row ('' when nothing was removed)."""
+        row, action = np.nonzero(codes)
+        labels = np.asarray(
+            [f"{a}:{rule}" for a in self.actions for rule in RULES], dtype=object
+        ).reshape(len(self.actions), len(RULES))
+        parts = pd.Series(labels[action, codes[row, action] - 1], index=row)
+        joined = parts.groupby(level=0).agg(";".join)
+        out = np.full(len(codes), "", dtype=object)
+        out[joined.index.to_numpy()] = joined.to_numpy()
+        return out
