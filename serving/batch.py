@@ -73,6 +73,38 @@ def recommend_batch(
     )
     features = compute_features(events, decisions, customers, spec=engine.bundle.spec)
     X = features[list(engine.bundle.spec.feature_names)].to_numpy(dtype=np.float64)
-    scored = engine.score(X, as_of)
+    del features
+    scored = score_in_chunks(engine, X, as_of)
     frame = engine.recommendations_frame(customer_ids, scored, top_k=top_k)
     return BatchResult(recommendations=frame, customer_ids=customer_ids, scored=scored, X=X)
+
+
+#: Customers scored at once: the single-model formulations repeat each feature row once
+#: per action, so a chunk bounds that copy (~150 MB at 10k customers x 11 actions).
+SCORE_CHUNK = 10_000
+
+
+def score_in_chunks(
+    engine: DecisionEngine, X: np.ndarray, as_of: pd.Timestamp, *, threads: int = 2
+) -> ScoredRows:
+    """``engine.score`` over chunks of customers, with ``threads`` LightGBM threads."""
+    scorers = (engine.bundle.conversion, engine.bundle.churn)
+    before = [s.threads for s in scorers]
+    for scorer in scorers:
+        scorer.threads = threads
+    try:
+        parts = [
+            engine.score(X[lo : lo + SCORE_CHUNK], as_of) for lo in range(0, len(X), SCORE_CHUNK)
+        ]
+    finally:
+        for scorer, n in zip(scorers, before, strict=True):
+            scorer.threads = n
+    if not parts:
+        parts = [engine.score(X, as_of)]
+    return ScoredRows(
+        actions=parts[0].actions,
+        p_conversion=np.concatenate([p.p_conversion for p in parts]),
+        p_churn=np.concatenate([p.p_churn for p in parts]),
+        scores=np.concatenate([p.scores for p in parts]),
+        suppression=np.concatenate([p.suppression for p in parts]),
+    )

@@ -79,6 +79,9 @@ class OutcomeScorer:
     actions: tuple[str, ...]
     boosters: dict[str, lgb.Booster]
     calibration: Calibration | None = None
+    #: LightGBM threads per prediction: 1 for requests (two threads made p99 jump whenever
+    #: another process held a core); batch jobs raise it for the duration of the batch.
+    threads: int = 1
     _codes: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -106,7 +109,7 @@ class OutcomeScorer:
                 [np.repeat(X, len(idx), axis=0), np.tile(self._codes[idx], len(X))[:, None]]
             )
             if self.formulation == "single":
-                p = self.boosters["all"].predict(rows, num_threads=1)
+                p = self.boosters["all"].predict(rows, num_threads=self.threads)
                 return np.asarray(p, dtype=np.float64).reshape(len(X), len(idx))
             base = np.repeat(self._raw(self.boosters["base"], X), len(idx))
             logit = base + self._raw(self.boosters["offset"], rows)
@@ -117,12 +120,16 @@ class OutcomeScorer:
                 [base + self._raw(self.boosters[self.actions[i]], X) for i in idx]
             )
             return _sigmoid(logits)
-        cols = [np.asarray(self.boosters[self.actions[i]].predict(X, num_threads=1)) for i in idx]
+        cols = [
+            np.asarray(self.boosters[self.actions[i]].predict(X, num_threads=self.threads))
+            for i in idx
+        ]
         return np.column_stack(cols).astype(np.float64)
 
-    @staticmethod
-    def _raw(booster: lgb.Booster, X: np.ndarray) -> np.ndarray:
-        return np.asarray(booster.predict(X, raw_score=True, num_threads=1), dtype=np.float64)
+    def _raw(self, booster: lgb.Booster, X: np.ndarray) -> np.ndarray:
+        return np.asarray(
+            booster.predict(X, raw_score=True, num_threads=self.threads), dtype=np.float64
+        )
 
     def predict(self, X: np.ndarray, action_idx: Sequence[int] | None = None) -> np.ndarray:
         """Calibrated probabilities, shape ``(len(X), n_actions)`` (or the chosen columns)."""
@@ -135,7 +142,7 @@ class OutcomeScorer:
         codes = np.asarray(action_codes, dtype=np.int64)
         if self.formulation == "single":
             raw = self.boosters["all"].predict(
-                np.hstack([X, codes[:, None].astype(np.float64)]), num_threads=1
+                np.hstack([X, codes[:, None].astype(np.float64)]), num_threads=self.threads
             )
         elif self.formulation == "shared_offset":
             with_action = np.hstack([X, codes[:, None].astype(np.float64)])
@@ -153,7 +160,9 @@ class OutcomeScorer:
             raw = np.zeros(len(X))
             for code in np.unique(codes):
                 rows = codes == code
-                raw[rows] = self.boosters[self.actions[code]].predict(X[rows], num_threads=1)
+                raw[rows] = self.boosters[self.actions[code]].predict(
+                    X[rows], num_threads=self.threads
+                )
         raw = np.asarray(raw, dtype=np.float64)
         return raw if self.calibration is None else self.calibration.apply(raw)
 
