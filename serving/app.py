@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from features.counters import map_customers, prepare_events
@@ -425,7 +426,9 @@ class Service:
             source = "inline"
         else:
             days = self.settings.history_days
-            since = as_of - pd.Timedelta(days=days) if days else None
+            # Clamp at the earliest representable time rather than overflow on old dates.
+            floor = pd.Timestamp.min.tz_localize("UTC") + pd.Timedelta(days=days or 0)
+            since = as_of - pd.Timedelta(days=days) if days and as_of > floor else None
             history = self.store.history(cid, before=as_of, since=since)
             source = "store"
         customers = self.store.customers([cid])
@@ -654,6 +657,13 @@ def create_app(
     async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": exc.detail()})
 
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI echoes the offending input; a NaN or Infinity (which Python's JSON parser
+        # accepts) cannot be written back as JSON, so echo such values as strings instead
+        # of failing with a 500 while reporting a 422.
+        return JSONResponse(status_code=422, content={"detail": _json_safe(exc.errors())})
+
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
@@ -748,3 +758,16 @@ def serve(settings: ServingSettings) -> None:
         access_log=settings.access_log,
         workers=1,
     )
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as strings and other oddities as ``str``."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
