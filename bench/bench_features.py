@@ -52,8 +52,14 @@ TYPE_MIX = {
 }  # fmt: skip
 
 
-def synthetic_log(n_events: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A canonical event table of ``n_events`` rows and its customers table."""
+def synthetic_log(
+    n_events: int, seed: int = 0, sent_share: float | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A canonical event table of ``n_events`` rows and its customers table.
+
+    ``sent_share`` replaces the share of ``sent`` events (the rest of the mix is rescaled):
+    the number of decision points per event, and so the work per event, follows it.
+    """
     rng = np.random.default_rng(seed)
     n_cust = max(1, n_events // 100)
     weights = rng.gamma(4.0, 1.0, n_cust)
@@ -68,7 +74,13 @@ def synthetic_log(n_events: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFr
     cust, ts = cust[order], ts[order]
 
     types = list(schema.EVENT_TYPE_ORDER)
-    probs = np.array([TYPE_MIX[t] for t in types])
+    mix = dict(TYPE_MIX)
+    if sent_share is not None:
+        rest = 1.0 - TYPE_MIX["sent"]
+        mix = {
+            t: (sent_share if t == "sent" else p * (1 - sent_share) / rest) for t, p in mix.items()
+        }
+    probs = np.array([mix[t] for t in types])
     etype = rng.choice(len(types), n_events, p=probs / probs.sum())
     channels = list(schema.KNOWN_CHANNELS)
     ch_index = {c: i for i, c in enumerate(channels)}
@@ -133,9 +145,13 @@ def _reset_peak() -> bool:
         return False
 
 
-def run_child(n_events: int, naive_customers: int) -> dict[str, Any]:
-    events, customers = synthetic_log(n_events)
-    spec = FeatureSpec.from_data(events, customers, channels=CATALOG_CHANNELS)
+def run_child(
+    n_events: int, naive_customers: int, sent_share: float | None, none_per_send: float
+) -> dict[str, Any]:
+    events, customers = synthetic_log(n_events, sent_share=sent_share)
+    spec = FeatureSpec.from_data(
+        events, customers, channels=CATALOG_CHANNELS, none_per_send=none_per_send
+    )
     res: dict[str, Any] = {"events": n_events, "features": spec.n_features}
     res["input_mb"] = round(_rss_mb("VmRSS"), 1)
     res["load_avg_1m"] = os.getloadavg()[0]
@@ -214,15 +230,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--naive-customers", type=int, default=100)
+    parser.add_argument(
+        "--sent-share",
+        type=float,
+        help="share of sends in the log (default 0.35); 0.10 with --none-per-send 0.5 gives "
+        "MEASURED.md's 0.15 decision points per event",
+    )
+    parser.add_argument("--none-per-send", type=float, default=1.0)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(run_child(args.child, args.naive_customers)))
+        res = run_child(args.child, args.naive_customers, args.sent_share, args.none_per_send)
+        print(json.dumps(res))
         return 0
     results = []
     for n in args.events:
         cmd = [sys.executable, __file__, "--child", str(n)]
         cmd += ["--naive-customers", str(args.naive_customers)]
+        cmd += ["--none-per-send", str(args.none_per_send)]
+        if args.sent_share is not None:
+            cmd += ["--sent-share", str(args.sent_share)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
         if proc.returncode:
             sys.stderr.write(proc.stderr)
