@@ -171,3 +171,21 @@ def test_evaluate_command_reports_every_policy_and_estimator(trained: dict, work
     policies = {p.split(" ")[0] for p in table["policy"]}
     assert {"model", "logging", "random_eligible", "best_single", "no_action"} <= policies
     assert (table["ci_low"] <= table["value"]).all() and (table["value"] <= table["ci_high"]).all()
+
+
+def test_second_run_is_challenger_and_promoted_only_if_better(trained: dict) -> None:
+    data, client = trained["data"], trained["client"]
+    args = ["train", *trained["common"], "--catalog", str(data / "catalog.yaml"),
+            "--experiment", "e2e", "--bootstrap", "50", "--seed", "1"]  # fmt: skip
+    assert main(args) == 0
+    experiment = client.get_experiment_by_name("e2e").experiment_id
+    runs = client.search_runs([experiment], order_by=["attributes.start_time DESC"])
+    second = runs[0]
+    metrics, tags = second.data.metrics, second.data.tags
+    challenger = client.get_model_version_by_alias("touchpoint", "challenger")
+    champion = client.get_model_version_by_alias("touchpoint", "champion")
+    assert str(challenger.version) == "2"
+    # Both policies were scored on the same test rows, and the decision follows the figures.
+    better = metrics["promotion.challenger_dr"] > metrics["promotion.champion_dr"]
+    assert tags["promotion.decision"] == ("promoted" if better else "kept champion")
+    assert str(champion.version) == ("2" if better else "1")
