@@ -111,3 +111,21 @@ def test_recommend_rejects_a_folder_that_is_not_a_bundle(
     )
     assert status == 2
     assert "bundle" in capsys.readouterr().err
+
+
+def test_train_on_a_log_with_no_valid_rows_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "customer_id,timestamp,channel,event_type\n"
+        ",2026-01-01T00:00:00Z,email,visit\n"
+        "a,never,email,visit\n"
+    )
+    status = main(["train", "--events", str(path), "--models-dir", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "no valid events" in err and "Traceback" not in err
+    bad = pd.read_csv(tmp_path / "m" / "train-input.quarantine.csv")
+    assert sorted(bad["row"].tolist()) == [1, 2]

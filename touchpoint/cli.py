@@ -94,6 +94,11 @@ def _read_inputs(args: argparse.Namespace, *, quarantine_next_to: Path | None) -
         written = write_quarantine(result.quarantine, quarantine_next_to)
         if written is not None:
             log(f"{len(result.quarantine):,} bad rows quarantined in {written}")
+    if len(result.events) == 0:
+        raise BadInput(
+            f"{args.events}: no valid events remain ({len(result.quarantine):,} bad rows); "
+            "`touchpoint validate` lists them"
+        )
     customers = None
     if getattr(args, "customers", None):
         log(f"reading customers from {args.customers}")
@@ -194,7 +199,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.run import run_training
     from training.train import TrainConfig
 
-    events, customers, catalog = _read_inputs(args, quarantine_next_to=None)
+    # Bad input rows are kept next to the bundles, as models/train-input.quarantine.csv.
+    quarantine = Path(args.models_dir) / "train-input.csv"
+    quarantine.parent.mkdir(parents=True, exist_ok=True)
+    events, customers, catalog = _read_inputs(args, quarantine_next_to=quarantine)
     ground_truth = None
     gt_path = args.ground_truth or _sibling(args.events, "ground_truth.parquet")
     if gt_path is not None and Path(gt_path).is_file():
