@@ -58,6 +58,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--formulations", default="shared_offset,single,offset,per_action")
+    parser.add_argument(
+        "--none-per-send", type=float, default=1.0, help="sampled no-send moments per send"
+    )
     args = parser.parse_args()
 
     data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="bench-policy-"))
@@ -70,7 +73,8 @@ def main() -> None:
     catalog = load_catalog(data / "catalog.yaml")
     truth = pd.read_parquet(data / "ground_truth.parquet")
 
-    spec = feature_spec_for(events, customers, catalog, TrainConfig(seed=args.seed))
+    config = TrainConfig(seed=args.seed, none_per_send=args.none_per_send)
+    spec = feature_spec_for(events, customers, catalog, config)
     started = time.perf_counter()
     table = build_feature_table(events, customers, spec)
     labels = label_decisions(events, table, LabelWindows.from_catalog(catalog))
