@@ -17,6 +17,7 @@ COMMANDS = [
     "recommend",
     "evaluate",
     "serve",
+    "report",
     "hillstrom",
     "demo",
 ]

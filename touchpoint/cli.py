@@ -109,6 +109,7 @@ def _read_inputs(args: argparse.Namespace, *, quarantine_next_to: Path | None) -
             written = write_quarantine(cres.quarantine, target)
             log(f"{len(cres.quarantine):,} bad customer rows quarantined in {written}")
         customers = cres.customers
+    args._ingest_result = result  # the report's quarantine summary reads it
     return result.events, customers, catalog
 
 
@@ -208,6 +209,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if gt_path is not None and Path(gt_path).is_file():
         log(f"simulator ground truth found: {gt_path}")
         ground_truth = pd.read_parquet(gt_path)
+    from training.report import QuarantineSummary
+
     config = TrainConfig(
         formulation=args.formulation,
         seed=args.seed,
@@ -225,11 +228,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         models_dir=Path(args.models_dir),
         ground_truth=ground_truth,
         register=not args.no_register,
+        quarantine=QuarantineSummary.from_ingest(args._ingest_result),
         progress=log,
     )
     print(f"run_id: {summary.run_id}")
     print(f"tracking_uri: {summary.tracking_uri}")
     print(f"bundle: {summary.bundle_dir}")
+    if summary.report_path is not None:
+        print(f"report: {summary.report_path}")
     if summary.registered_version:
         state = "champion" if summary.promoted else "challenger"
         print(f"registered: touchpoint version {summary.registered_version} ({state})")
@@ -286,6 +292,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServingSettings(**options)
     log(f"serving {settings.model} on http://{settings.host}:{settings.port} (docs at /docs)")
     serve(settings)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from training import tracking
+    from training.report import QuarantineSummary, report_from_run
+
+    tracking.configure_uri_only()
+    events, customers, _ = _read_inputs(args, quarantine_next_to=None)
+    path = report_from_run(
+        args.run,
+        events,
+        customers,
+        args.out,
+        quarantine=QuarantineSummary.from_ingest(args._ingest_result),
+        log_to_run=not args.no_log,
+        progress=log,
+    )
+    print(path)
     return 0
 
 
@@ -558,6 +583,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=count, help="port (default 8000)")
     p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("report", help="the experiment report of a training run, as one HTML page")
+    _add_input_args(p, catalog=False)
+    p.add_argument("--run", required=True, help="MLflow run id of a `touchpoint train` run")
+    p.add_argument("--out", required=True, help="output HTML file")
+    p.add_argument("--no-log", action="store_true", help="do not attach the page to the run")
+    p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("evaluate", help="off-policy value of a trained model on a log")
     _add_input_args(p, catalog=False)

@@ -23,8 +23,9 @@ from features.catalog import Catalog
 from features.pipeline import compute_features
 from serving.bundle import load_bundle
 from serving.engine import DecisionEngine
-from training import plots, tracking
+from training import plots, report, tracking
 from training.evaluation import LoggedRounds, policy_value_table, summarize_policy_table
+from training.report import QuarantineSummary
 from training.train import TrainConfig, TrainResult, fit_and_evaluate
 
 Progress = Callable[[str], None]
@@ -41,6 +42,7 @@ class RunSummary:
     registered_version: str | None
     promoted: bool
     headline: dict[str, float]
+    report_path: Path | None = None
 
 
 def run_training(
@@ -54,9 +56,14 @@ def run_training(
     models_dir: Path = Path("models"),
     ground_truth: pd.DataFrame | None = None,
     register: bool = True,
+    quarantine: QuarantineSummary | None = None,
     progress: Progress = lambda _msg: None,
 ) -> RunSummary:
-    """Train, evaluate and log one run; register and maybe promote its model."""
+    """Train, evaluate and log one run; register and maybe promote its model.
+
+    The experiment report (``training/report.py``) is written next to the bundles as
+    ``report-<run id>.html`` and attached to the run under ``report/``.
+    """
     uri = tracking.configure(experiment)
     progress(f"MLflow tracking URI: {uri}, experiment {experiment!r}")
     with mlflow.start_run() as run:
@@ -81,6 +88,10 @@ def run_training(
             progress=progress,
         )
         metrics = _collect_metrics(result)
+        # Look the champion up before this run may replace it, so the report compares
+        # the run with the model it competed against.
+        champion = report.champion_info() if register else None
+        choices = None
         if ground_truth is not None:
             from training.truth import simulated_truth
 
@@ -108,6 +119,19 @@ def run_training(
             if version is not None:
                 tracking.set_alias(tracking.CHALLENGER, version)
                 promoted = _maybe_promote(result, events, customers, catalog, version, progress)
+        progress("writing the experiment report")
+        inputs = report.inputs_from_training(
+            result, events, customers, catalog,
+            metrics=metrics, run_id=run_id, truth_choices=choices, champion=champion,
+            tags={"promotion.decision": "promoted" if promoted else "kept champion"}
+            if register else None,
+            quarantine=quarantine,
+        )  # fmt: skip
+        report_path = report.build_report(
+            inputs, Path(models_dir) / f"report-{run_id[:12]}.html", progress=progress
+        )
+        report.log_report_to_mlflow(report_path)
+        progress(f"report: {report_path}")
         headline: dict[str, float] = {
             key: metrics[key]
             for key in (
@@ -132,6 +156,7 @@ def run_training(
             registered_version=version,
             promoted=promoted,
             headline=headline,
+            report_path=report_path,
         )
 
 
@@ -140,10 +165,10 @@ def _collect_metrics(result: TrainResult) -> dict[str, float]:
     metrics.update(summarize_policy_table(result.policy_table))
     metrics.update(result.formulation_comparison)
     metrics.update({f"count.{k}": float(v) for k, v in result.counts.items()})
-    for target, report in result.fit_reports.items():
-        metrics[f"{target}.valid_brier_raw"] = report.valid_brier_raw
-        metrics[f"{target}.valid_brier_calibrated"] = report.valid_brier_calibrated
-        metrics[f"{target}.calibrated"] = float(report.calibrated)
+    for target, fit in result.fit_reports.items():
+        metrics[f"{target}.valid_brier_raw"] = fit.valid_brier_raw
+        metrics[f"{target}.valid_brier_calibrated"] = fit.valid_brier_calibrated
+        metrics[f"{target}.calibrated"] = float(fit.calibrated)
     return metrics
 
 

@@ -79,6 +79,12 @@ def test_run_logged_params_metrics_plots_and_bundle(trained: dict) -> None:
     assert {"plots/calibration.png", "plots/policy_comparison.png"} <= artifacts
     bundle = {a.path for a in trained["client"].list_artifacts(run.info.run_id, "bundle")}
     assert "bundle/bundle.json" in bundle
+    # The experiment report is attached to the run, self-contained.
+    report = [a.path for a in trained["client"].list_artifacts(run.info.run_id, "report")]
+    assert len(report) == 1 and report[0].endswith(".html"), report
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=report[0])
+    html = Path(local).read_text(encoding="utf-8")
+    assert "data:image/png;base64" in html and "http://" not in html.split("<body", 1)[1]
 
 
 def test_model_registered_and_first_version_is_champion(trained: dict) -> None:
