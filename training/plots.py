@@ -43,11 +43,13 @@ def calibration_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> F
 
 def qini_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     """Qini curves per action against no action (x scaled to a share of customers)."""
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     scaled = {
         name: (x / max(float(x[-1]), 1.0), q) for name, (x, q) in curves.items() if len(x) > 1
     }
     uplift_metrics.plot_qini(ax, scaled)
+    # With ten actions an inside legend covers the curves: put it beside the plot.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     fig.tight_layout()
     return fig
 
