@@ -5,62 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from features.catalog import load_catalog
 from features.pipeline import compute_features
-from features.spec import FeatureSpec
 from serving.app import create_app, customer_features
-from serving.bundle import save_bundle
-from serving.scoring import OutcomeScorer
 from serving.settings import ServingSettings
-from tests.conftest import make_events
+from tests.serving.bundle_factory import ACTIONS, AS_OF, CATALOG, history, save_tiny_bundle
 
 KEY = "s3cret"
-AS_OF = "2024-03-20T12:00:00Z"  # noon UTC: outside the default quiet hours
-CATALOG = load_catalog(None)
-ACTIONS = ("none", *CATALOG.action_ids)
-
-
-def _history() -> pd.DataFrame:
-    return make_events(
-        [
-            ("c1", "2024-03-01 10:00", "email", "sent", "email_promo"),
-            ("c1", "2024-03-01 12:00", "email", "open", "email_promo"),
-            ("c1", "2024-03-02 09:00", "web", "visit"),
-            ("c1", "2024-03-04 18:00", "web", "purchase", None, 40.0),
-            ("c2", "2024-03-03 10:00", "sms", "sent", "sms_offer"),
-            ("c2", "2024-03-05 11:00", "app", "visit"),
-            ("c3", "2024-03-06 08:00", "push", "sent", "push_reminder"),
-        ]
-    )
-
-
-def _booster(n_cols: int, seed: int) -> lgb.Booster:
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(300, n_cols))
-    X[:, -1] = rng.integers(0, len(ACTIONS), 300)
-    y = (X[:, 0] + 0.3 * X[:, -1] + rng.normal(size=300) > 0.5).astype(float)
-    params = {"objective": "binary", "num_leaves": 4, "min_data_in_leaf": 10, "verbose": -1}
-    return lgb.train(params, lgb.Dataset(X, y), num_boost_round=5)
-
-
-def _save(folder: Path, version: str) -> Path:
-    spec = FeatureSpec.from_data(_history(), None, channels=CATALOG.channels)
-    width = spec.n_features + 1
-    return save_bundle(
-        folder,
-        model_version=version,
-        spec=spec,
-        catalog=CATALOG,
-        conversion=OutcomeScorer("single", ACTIONS, {"all": _booster(width, 1)}),
-        churn=OutcomeScorer("single", ACTIONS, {"all": _booster(width, 2)}),
-    )
+# The tiny bundle and its history are shared with the subprocess contract tests.
+_history = history
+_save = save_tiny_bundle
 
 
 @pytest.fixture(scope="module")
