@@ -122,15 +122,47 @@ def main() -> None:
             engine, events, customers, truth, catalog, best_single=NO_ACTION
         )
         mix = chosen["action"].value_counts(normalize=True).head(4)
+        effect_table = _effects(engine, events, customers, truth)
         rows.append((formulation, metrics["truth.oracle_fraction.model"], fit_s))
         print(
             f"{formulation:34s} oracle fraction {metrics['truth.oracle_fraction.model']:.3f}"
             f"  fit {fit_s:.0f}s  violations {metrics['truth.violations']:.0f}  mix "
             + ", ".join(f"{a} {p:.0%}" for a, p in mix.items())
         )
+        print("  mean effect on P(conversion) against no action, estimated vs true:")
+        print(effect_table.to_string(float_format=lambda v: f"{v:+.4f}"))
     print("\nformulation      oracle_fraction  fit_seconds")
     for formulation, fraction, fit_s in rows:
         print(f"{formulation:16s} {fraction:15.3f}  {fit_s:11.0f}")
+
+
+def _effects(
+    engine: DecisionEngine,
+    events: pd.DataFrame,
+    customers: pd.DataFrame,
+    truth: pd.DataFrame,
+) -> pd.DataFrame:
+    """Per action: the model's and the truth's mean change in P(conversion) vs no action,
+    and how well the model ranks customers by it (correlation across customers)."""
+    from serving.batch import recommend_batch
+    from training.truth import CAMPAIGN_HOUR
+
+    as_of = pd.Timestamp(truth["as_of"].iloc[0])
+    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
+    ids = list(pd.unique(truth["customer_id"].astype(str)))
+    campaign = as_of.normalize() + pd.Timedelta(hours=CAMPAIGN_HOUR)
+    batch = recommend_batch(engine, events, customers, campaign, ids=ids, top_k=1)
+    p_true = truth.pivot(index="customer_id", columns="action", values="p_conversion").reindex(ids)
+    rows = {}
+    for code, action in enumerate(engine.actions[1:], start=1):
+        est = batch.scored.p_conversion[:, code] - batch.scored.p_conversion[:, 0]
+        true = (p_true[action] - p_true[NO_ACTION]).to_numpy()
+        rows[action] = {
+            "estimated": est.mean(),
+            "true": true.mean(),
+            "correlation": float(np.corrcoef(est, true)[0, 1]) if est.std() > 0 else 0.0,
+        }
+    return pd.DataFrame(rows).T
 
 
 if __name__ == "__main__":
