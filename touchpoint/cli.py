@@ -195,7 +195,6 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import pandas as pd
 
     from training.run import run_training
     from training.train import TrainConfig
@@ -204,11 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     quarantine = Path(args.models_dir) / "train-input.csv"
     quarantine.parent.mkdir(parents=True, exist_ok=True)
     events, customers, catalog = _read_inputs(args, quarantine_next_to=quarantine)
-    ground_truth = None
-    gt_path = args.ground_truth or _sibling(args.events, "ground_truth.parquet")
-    if gt_path is not None and Path(gt_path).is_file():
-        log(f"simulator ground truth found: {gt_path}")
-        ground_truth = pd.read_parquet(gt_path)
+    ground_truth = _ground_truth(args)
     from training.report import QuarantineSummary
 
     config = TrainConfig(
@@ -245,7 +240,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import pandas as pd
 
     from serving.bundle import load_bundle
     from serving.engine import DecisionEngine
@@ -256,8 +250,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     engine = DecisionEngine(load_bundle(resolve_model(args.model)))
     events, customers, _ = _read_inputs(args, quarantine_next_to=out)
-    gt_path = args.ground_truth or _sibling(args.events, "ground_truth.parquet")
-    ground_truth = pd.read_parquet(gt_path) if gt_path and Path(gt_path).is_file() else None
+    ground_truth = _ground_truth(args)
     table, metrics = evaluate_bundle(
         engine,
         events,
@@ -320,6 +313,18 @@ def cmd_hillstrom(args: argparse.Namespace) -> int:
     result = run_hillstrom(args.data, seed=args.seed, n_bootstrap=args.bootstrap, progress=log)
     print(format_report(result))
     return 0
+
+
+def _ground_truth(args: argparse.Namespace) -> Any:
+    """The simulator's ground truth: ``--ground-truth``, or ``ground_truth.parquet`` next to
+    ``--events`` when present; None for real logs."""
+    import pandas as pd
+
+    path = args.ground_truth or _sibling(args.events, "ground_truth.parquet")
+    if path is None or not Path(path).is_file():
+        return None
+    log(f"simulator ground truth found: {path}")
+    return pd.read_parquet(path)
 
 
 def _sibling(path: str, name: str) -> Path | None:
@@ -480,6 +485,17 @@ def _add_input_args(p: argparse.ArgumentParser, *, catalog: bool = True) -> None
     )
 
 
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="bundle folder or models:/touchpoint@champion")
+
+
+def _add_ground_truth_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ground-truth",
+        help="simulator ground truth (default: ground_truth.parquet next to --events, if present)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="touchpoint",
@@ -558,16 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models-dir", default="models", help="where bundles are written (default models/)"
     )
-    p.add_argument(
-        "--ground-truth",
-        help="simulator ground truth (default: ground_truth.parquet next to --events, if present)",
-    )
+    _add_ground_truth_arg(p)
     p.add_argument("--no-register", action="store_true", help="log the run but do not register")
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("recommend", help="batch recommendations as of a time")
     _add_input_args(p, catalog=False)
-    p.add_argument("--model", required=True, help="bundle folder or models:/touchpoint@champion")
+    _add_model_arg(p)
     p.add_argument(
         "--as-of", required=True, help="use only events strictly before this time (ISO-8601)"
     )
@@ -577,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_recommend)
 
     p = sub.add_parser("serve", help="the HTTP API (FastAPI under uvicorn)")
-    p.add_argument("--model", required=True, help="bundle folder or models:/touchpoint@champion")
+    _add_model_arg(p)
     p.add_argument("--events", help="load the history store from this log (CSV or Parquet)")
     p.add_argument("--customers", help="customer attributes and consent (CSV or Parquet)")
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
@@ -593,14 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="off-policy value of a trained model on a log")
     _add_input_args(p, catalog=False)
-    p.add_argument("--model", required=True, help="bundle folder or models:/touchpoint@champion")
+    _add_model_arg(p)
     p.add_argument("--out", required=True, help="output CSV of policy values")
     p.add_argument("--bootstrap", type=count, default=500, help="bootstrap samples (default 500)")
     p.add_argument("--seed", type=count, default=0, help="random seed (default 0)")
-    p.add_argument(
-        "--ground-truth",
-        help="simulator ground truth (default: ground_truth.parquet next to --events, if present)",
-    )
+    _add_ground_truth_arg(p)
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser(
