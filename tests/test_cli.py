@@ -130,3 +130,14 @@ def test_train_on_a_log_with_no_valid_rows_is_a_clear_error(
     assert "no valid events" in err and "Traceback" not in err
     bad = pd.read_csv(tmp_path / "m" / "train-input.quarantine.csv")
     assert sorted(bad["row"].tolist()) == [1, 2]
+
+
+def test_a_missing_ground_truth_file_is_an_error_not_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "events.csv"
+    path.write_text("customer_id,timestamp,channel,event_type\na,2026-01-01T00:00:00Z,web,visit\n")
+    status = main(["train", "--events", str(path), "--ground-truth", str(tmp_path / "gt.parquet")])
+    assert status == 2
+    assert "--ground-truth" in capsys.readouterr().err

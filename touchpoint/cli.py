@@ -322,6 +322,8 @@ def _ground_truth(args: argparse.Namespace) -> Any:
 
     path = args.ground_truth or _sibling(args.events, "ground_truth.parquet")
     if path is None or not Path(path).is_file():
+        if args.ground_truth:  # asked for explicitly: a typo must not pass silently
+            raise FileNotFoundError(f"--ground-truth {args.ground_truth}: no such file")
         return None
     log(f"simulator ground truth found: {path}")
     return pd.read_parquet(path)
