@@ -28,6 +28,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.memory import reset_peak, status_mb  # noqa: E402
 from features import schema  # noqa: E402
 from features.counters import prepare_events  # noqa: E402
 from features.pipeline import (  # noqa: E402
@@ -128,23 +129,6 @@ def synthetic_log(
     return events, customers
 
 
-def _rss_mb(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> bool:
-    try:  # Linux: writing 5 resets VmHWM (peak RSS) to the current RSS.
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def run_child(
     n_events: int, naive_customers: int, sent_share: float | None, none_per_send: float
 ) -> dict[str, Any]:
@@ -153,24 +137,24 @@ def run_child(
         events, customers, channels=CATALOG_CHANNELS, none_per_send=none_per_send
     )
     res: dict[str, Any] = {"events": n_events, "features": spec.n_features}
-    res["input_mb"] = round(_rss_mb("VmRSS"), 1)
+    res["input_mb"] = round(status_mb("VmRSS"), 1)
     res["load_avg_1m"] = os.getloadavg()[0]
 
     # Streaming: batches of 500k decision points, each dropped after use (the way a
     # Parquet writer consumes them): peak memory is bounded by the batch.
-    reset = _reset_peak()
+    reset = reset_peak()
     start = time.perf_counter()
     rows = sum(len(b) for b in iter_feature_table(events, customers, spec, batch_rows=500_000))
     res["stream_seconds"] = round(time.perf_counter() - start, 3)
-    res["stream_peak_rss_mb"] = round(_rss_mb("VmHWM"), 1) if reset else None
+    res["stream_peak_rss_mb"] = round(status_mb("VmHWM"), 1) if reset else None
 
-    reset = _reset_peak()
+    reset = reset_peak()
     cpu0 = time.process_time()
     start = time.perf_counter()
     table = build_feature_table(events, customers, spec)
     res["seconds"] = round(time.perf_counter() - start, 3)
     res["cpu_seconds"] = round(time.process_time() - cpu0, 3)
-    res["peak_rss_mb"] = round(_rss_mb("VmHWM"), 1) if reset else None
+    res["peak_rss_mb"] = round(status_mb("VmHWM"), 1) if reset else None
     assert rows == len(table)
     res["decision_points"] = len(table)
     res["events_per_s"] = round(n_events / res["seconds"])

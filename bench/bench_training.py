@@ -44,6 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.memory import reset_peak, status_mb  # noqa: E402
 from training.models import (  # noqa: E402
     DEFAULT_EARLY_STOPPING,
     DEFAULT_ROUNDS,
@@ -203,23 +204,6 @@ def synthetic_table(
 # --------------------------------------------------------------------------- child
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> bool:
-    try:  # Linux: writing 5 resets VmHWM (peak RSS) to the current RSS.
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _cpu_seconds() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -265,9 +249,9 @@ def run_child(rows: int, n_features: int, formulation: str, seed: int) -> dict[s
         "nan_share": round(float(np.isnan(Xt).mean()), 3),
     }
     del tr, va, a, y_conv, y_churn
-    res["generate_peak_mb"] = round(_status_mb("VmHWM"), 1)
-    res["data_rss_mb"] = round(_status_mb("VmRSS"), 1)
-    reset = _reset_peak()
+    res["generate_peak_mb"] = round(status_mb("VmHWM"), 1)
+    res["data_rss_mb"] = round(status_mb("VmRSS"), 1)
+    reset = reset_peak()
 
     load_before = os.getloadavg()
     wall0, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -300,7 +284,7 @@ def run_child(rows: int, n_features: int, formulation: str, seed: int) -> dict[s
 
     res["total_s"] = round(time.perf_counter() - wall0, 2)
     res["total_cpu_s"] = round(_cpu_seconds() - cpu0, 2)
-    res["fit_peak_rss_mb"] = round(_status_mb("VmHWM"), 1) if reset else None
+    res["fit_peak_rss_mb"] = round(status_mb("VmHWM"), 1) if reset else None
     res["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "(unset)")
     res["load_1m_during"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     return res
