@@ -15,6 +15,7 @@ Design (docs/FEATURES.md, "How it is computed"):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -25,7 +26,14 @@ import pandas as pd
 from features import schema
 from features.spec import TRANSITIONS, FeatureSpec
 
-__all__ = ["EventArrays", "CounterLayout", "prepare_events", "to_ns", "map_customers"]
+__all__ = [
+    "EventArrays",
+    "CounterLayout",
+    "customer_event_arrays",
+    "prepare_events",
+    "to_ns",
+    "map_customers",
+]
 
 NS_PER_HOUR = 3_600 * 10**9
 NS_PER_DAY = 24 * NS_PER_HOUR
@@ -359,6 +367,82 @@ def prepare_events(events: pd.DataFrame, spec: FeatureSpec) -> EventArrays:
         value=value,
         order=order,
     )
+
+
+def customer_event_arrays(
+    spec: FeatureSpec,
+    customer_id: str,
+    time: np.ndarray,
+    channel: Sequence[str],
+    event_type: Sequence[str],
+    value: np.ndarray,
+) -> EventArrays:
+    """:func:`prepare_events` for ONE customer's events given as plain columns, no pandas.
+
+    The request path of the service reads a few hundred rows from its store; building a
+    DataFrame and factorizing it cost milliseconds, this costs tens of microseconds.  The
+    result is the same as ``prepare_events`` on the equivalent table (a test checks it),
+    including the tie-break of same-time events: event type order, then channel name.
+    """
+    n = len(time)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return EventArrays(
+            customer_ids=np.zeros(0, dtype=object),
+            code=empty,
+            time=empty,
+            etype=np.zeros(0, dtype=np.int8),
+            channel=np.zeros(0, dtype=np.int16),
+            token=np.zeros(0, dtype=np.int32),
+            value=np.zeros(0, dtype=np.float64),
+        )
+    codes = _online_codes(spec)
+    other_channel, other_token = len(spec.channels), spec.other_token_code
+    etype = np.array([TYPE_CODE.get(t, -1) for t in event_type], dtype=np.int8)
+    chan = np.array([codes.channel.get(c, other_channel) for c in channel], dtype=np.int16)
+    token = np.array(
+        [codes.token.get((c, t), other_token) for c, t in zip(channel, event_type, strict=True)],
+        dtype=np.int32,
+    )
+    t = np.asarray(time, dtype=np.int64)
+    val = np.asarray(value, dtype=np.float64)
+    dt = np.diff(t)
+    if (dt < 0).any() or (dt == 0).any():
+        # Same tie-break as prepare_events: time, then type code, then channel name.
+        names = np.asarray(channel, dtype=object)
+        _, name_rank = np.unique(names, return_inverse=True)
+        order = np.lexsort((name_rank, etype, t))
+        t, etype, chan, token, val = t[order], etype[order], chan[order], token[order], val[order]
+    return EventArrays(
+        customer_ids=np.array([customer_id], dtype=object),
+        code=np.zeros(n, dtype=np.int64),
+        time=t,
+        etype=etype,
+        channel=chan,
+        token=token,
+        value=val,
+    )
+
+
+@dataclass(frozen=True)
+class _OnlineCodes:
+    channel: dict[str, int]
+    token: dict[tuple[str, str], int]
+
+
+def _online_codes(spec: FeatureSpec) -> _OnlineCodes:
+    """Channel index and token code by name, memoized on the spec (built once per model)."""
+    hit = spec._cache.get("online_codes")
+    if hit is None:
+        vocab = {tok: i + 1 for i, tok in enumerate(spec.token_vocabulary)}
+        token = {}
+        for tok, code in vocab.items():
+            channel, _, event_type = tok.rpartition(":")  # types never hold ":"
+            token[(channel, event_type)] = code
+        hit = spec._cache["online_codes"] = _OnlineCodes(
+            channel={c: i for i, c in enumerate(spec.channels)}, token=token
+        )
+    return hit
 
 
 def map_customers(ids: pd.Series, customer_ids: np.ndarray | pd.Index) -> np.ndarray:

@@ -12,7 +12,7 @@ docs/FEATURES.md defines every column.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -289,41 +289,39 @@ def _encode_small(
     customers: pd.DataFrame, ids: pd.Series, spec: FeatureSpec
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """:func:`encode_customers` for a few rows in plain Python (the online path)."""
-    cols = set(customers.columns)
-    row_of: dict[str, int] = {}
-    for i, c in enumerate(customers["customer_id"].tolist()):
-        row_of.setdefault(str(c), i)
-    rows = [row_of.get(str(x), -1) for x in ids.tolist()]
-
-    def cells(name: str) -> list[Any]:
-        values = customers[name].tolist() if name in cols else []
-        return [values[r] if r >= 0 and values else None for r in rows]
-
+    record_of: dict[str, dict[Any, Any]] = {}
+    for record in customers.to_dict("records"):
+        record_of.setdefault(str(record["customer_id"]), record)
+    encoded = [encode_customer_record(record_of.get(str(x)), spec) for x in ids.tolist()]
+    m = len(encoded)
     consent = None
     if spec.consent_channels:
-        consent = np.array(
-            [
-                [_consent_value(v) for v in cells(f"{schema.CONSENT_PREFIX}{ch}")]
-                for ch in spec.consent_channels
-            ],
-            dtype=np.float64,
-        ).T.reshape(len(rows), len(spec.consent_channels))
+        consent = np.array([e[0] for e in encoded], dtype=np.float64).reshape(m, -1)
     static = None
     if spec.static_numeric or spec.static_categorical:
-        columns: list[list[float]] = []
-        for name in spec.static_numeric:
-            columns.append([_to_float(v) for v in cells(name)])
-        for name, vocab in spec.static_categorical.items():
-            index = spec._cache.get(("vocab_index", name))
-            if index is None:
-                index = spec._cache[("vocab_index", name)] = {v: i for i, v in enumerate(vocab)}
-            columns.append(
-                [
-                    MISSING_CODE if _is_missing(v) else float(index.get(str(v), MISSING_CODE))
-                    for v in cells(name)
-                ]
-            )
-        static = np.array(columns, dtype=np.float64).T.reshape(len(rows), len(columns))
+        static = np.array([e[1] for e in encoded], dtype=np.float64).reshape(m, -1)
+    return consent, static
+
+
+def encode_customer_record(
+    record: Mapping[str, Any] | None, spec: FeatureSpec
+) -> tuple[list[float], list[float]]:
+    """Consent flags and static attributes of ONE customer given as a plain mapping.
+
+    The same encoding as :func:`encode_customers` (``None`` = unknown customer); the service
+    calls it on the attributes it reads from its store, with no DataFrame in between.
+    """
+    get = (lambda name: None) if record is None else record.get
+    consent = [_consent_value(get(f"{schema.CONSENT_PREFIX}{ch}")) for ch in spec.consent_channels]
+    static = [_to_float(get(name)) for name in spec.static_numeric]
+    for name, vocab in spec.static_categorical.items():
+        index = spec._cache.get(("vocab_index", name))
+        if index is None:
+            index = spec._cache[("vocab_index", name)] = {v: i for i, v in enumerate(vocab)}
+        value = get(name)
+        static.append(
+            MISSING_CODE if _is_missing(value) else float(index.get(str(value), MISSING_CODE))
+        )
     return consent, static
 
 

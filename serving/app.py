@@ -17,307 +17,51 @@ import secrets
 import threading
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from features.counters import map_customers, prepare_events
+from features.counters import NS_PER_DAY, to_ns
 from features.ingest import IngestError, normalize_events, read_customers, read_events
-from features.pipeline import compute_feature_matrix, encode_customers
-from features.schema import NO_ACTION, STAGES
-from features.spec import FeatureSpec
+from features.schema import NO_ACTION
 from serving.bundle import Bundle, load_bundle
 from serving.contact_policy import RULES
 from serving.decision_log import DecisionLog, DecisionRecord
 from serving.engine import DecisionEngine
+from serving.metrics import Metrics, MetricsMiddleware
+from serving.online_features import customer_features, request_features
 from serving.policy import sample_actions
+from serving.reasons import explain
 from serving.schemas import (
     BatchRecommendationRequest,
     BatchRecommendationResponse,
     EventIn,
     EventsRequest,
     EventsResponse,
-    Recommendation,
     RecommendationRequest,
     RecommendationResponse,
     ReloadRequest,
     ReloadResponse,
     RowError,
-    Suppression,
 )
 from serving.settings import ServingSettings
-from serving.store import HistoryStore, SQLiteHistoryStore, events_frame
+from serving.store import EventColumns, HistoryStore, SQLiteHistoryStore
 
 __all__ = ["LoadedModel", "Metrics", "Service", "create_app", "customer_features", "serve"]
 
 log = logging.getLogger("touchpoint.serving")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-ASGIApp = Callable[
-    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
-    Awaitable[None],
-]
-
-
-# ---------------------------------------------------------------------------- features
-def customer_features(
-    spec: FeatureSpec,
-    events: pd.DataFrame,
-    customers: pd.DataFrame | None,
-    customer_id: str,
-    as_of: pd.Timestamp,
-) -> np.ndarray:
-    """The ``(1, n_features)`` feature row of one customer at ``as_of``.
-
-    The numpy core of :func:`features.pipeline.compute_features` without its DataFrame
-    wrapping; float32 then float64, exactly as ``touchpoint recommend`` gets them.
-    """
-    ev = prepare_events(events, spec)
-    ids = pd.Series([customer_id], dtype=object)
-    codes = map_customers(ids, ev.customer_ids)
-    consent, static = encode_customers(customers, ids, spec)
-    times = np.array([pd.Timestamp(as_of).as_unit("ns").value], dtype=np.int64)
-    X = compute_feature_matrix(ev, codes, times, spec, consent=consent, static=static)
-    return np.ascontiguousarray(X, dtype=np.float64)
-
-
-# ---------------------------------------------------------------------------- reasons
-def _readable_value(spec: FeatureSpec, name: str, value: float, actions: Sequence[str]) -> str:
-    if name == "action":
-        code = int(value)
-        return actions[code] if 0 <= code < len(actions) else str(code)
-    if np.isnan(value):
-        return "missing"
-    if name.startswith("seq_token_"):
-        code = int(value)
-        if code == 0:
-            return "no event"
-        if 1 <= code <= len(spec.token_vocabulary):
-            return spec.token_vocabulary[code - 1]
-        return "other"
-    if name == "journey_stage" and 0 <= int(value) < len(STAGES):
-        return STAGES[int(value)]
-    if name.startswith("attr_") and name[5:] in spec.static_categorical:
-        vocab = spec.static_categorical[name[5:]]
-        return vocab[int(value)] if 0 <= int(value) < len(vocab) else "missing"
-    return f"{value:.3g}"
-
-
-def explain(
-    bundle: Bundle, x: np.ndarray, codes: Sequence[int], *, top: int = 3
-) -> list[list[str]]:
-    """Top feature contributions (LightGBM SHAP, log-odds) of the conversion model per action.
-
-    ``x`` is one feature row; one list of readable reasons per action code.  Calibration is
-    monotone, so the raw model's contributions keep their sign.
-    """
-    scorer = bundle.conversion
-    boosters = scorer.boosters
-    names = [*bundle.spec.feature_names, "action"]
-    x = np.asarray(x, dtype=np.float64).reshape(1, -1)
-    m, n = len(codes), x.shape[1]
-    rows = np.hstack([np.repeat(x, m, axis=0), np.asarray(codes, dtype=np.float64)[:, None]])
-
-    def contrib(booster: Any, data: np.ndarray) -> np.ndarray:
-        out = np.asarray(booster.predict(data, pred_contrib=True, num_threads=1), dtype=np.float64)
-        return out[:, :-1]  # drop the bias column
-
-    contribs = np.zeros((m, n + 1))
-    if scorer.formulation == "single":
-        contribs[:] = contrib(boosters["all"], rows)
-    elif scorer.formulation == "shared_offset":
-        contribs[:, :n] = contrib(boosters["base"], x)
-        contribs += contrib(boosters["offset"], rows)
-    elif scorer.formulation == "offset":
-        contribs[:, :n] = contrib(boosters["base"], x)
-        for i, code in enumerate(codes):
-            contribs[i, :n] += contrib(boosters[scorer.actions[code]], x)[0]
-    else:
-        for i, code in enumerate(codes):
-            contribs[i, :n] = contrib(boosters[scorer.actions[code]], x)[0]
-    out: list[list[str]] = []
-    for i in range(m):
-        order = np.argsort(-np.abs(contribs[i]), kind="stable")[:top]
-        reasons = []
-        for j in order:
-            c = contribs[i, j]
-            if c == 0:
-                break
-            value = _readable_value(bundle.spec, names[j], rows[i, j], scorer.actions)
-            verb = "raises" if c > 0 else "lowers"
-            reasons.append(f"{names[j]}={value} {verb} conversion odds ({c:+.2f})")
-        out.append(reasons)
-    return out
-
-
-# ---------------------------------------------------------------------------- metrics
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class Metrics:
-    """Counters and a latency histogram, rendered in the Prometheus text format."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
-        self.latency_buckets: dict[str, list[int]] = {}
-        self.latency_sum: dict[str, float] = defaultdict(float)
-        self.latency_count: dict[str, int] = defaultdict(int)
-        self.decisions: dict[str, int] = defaultdict(int)
-        self.explored = 0
-        self.suppressions: dict[str, int] = defaultdict(int)
-        self.events: dict[str, int] = defaultdict(int)
-        self.reloads: dict[str, int] = defaultdict(int)
-        self.model_version: str | None = None
-
-    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        with self._lock:
-            self.requests[(method, route, str(status))] += 1
-            buckets = self.latency_buckets.setdefault(route, [0] * len(_BUCKETS))
-            for i, bound in enumerate(_BUCKETS):
-                if seconds <= bound:
-                    buckets[i] += 1
-            self.latency_sum[route] += seconds
-            self.latency_count[route] += 1
-
-    def observe_decision(
-        self, action: str, explored: bool, suppressed_rules: Sequence[str]
-    ) -> None:
-        with self._lock:
-            self.decisions[action] += 1
-            self.explored += int(explored)
-            for rule in suppressed_rules:
-                self.suppressions[rule] += 1
-
-    def observe_events(self, accepted: int, duplicates: int, rejected: int) -> None:
-        with self._lock:
-            self.events["accepted"] += accepted
-            self.events["duplicate"] += duplicates
-            self.events["rejected"] += rejected
-
-    def observe_reload(self, result: str) -> None:
-        with self._lock:
-            self.reloads[result] += 1
-
-    def render(self) -> str:
-        lines: list[str] = []
-        with self._lock:
-            lines += [
-                "# HELP touchpoint_requests_total HTTP requests by method, route and status.",
-                "# TYPE touchpoint_requests_total counter",
-            ]
-            for (method, route, status), v in sorted(self.requests.items()):
-                lines.append(
-                    f'touchpoint_requests_total{{method="{method}",route="{_label(route)}",'
-                    f'status="{status}"}} {v}'
-                )
-            lines += [
-                "# HELP touchpoint_request_duration_seconds Request latency by route.",
-                "# TYPE touchpoint_request_duration_seconds histogram",
-            ]
-            for route, buckets in sorted(self.latency_buckets.items()):
-                r = _label(route)
-                for bound, v in zip(_BUCKETS, buckets, strict=True):
-                    lines.append(
-                        f'touchpoint_request_duration_seconds_bucket{{route="{r}",le="{bound}"}} {v}'
-                    )
-                count = self.latency_count[route]
-                lines.append(
-                    f'touchpoint_request_duration_seconds_bucket{{route="{r}",le="+Inf"}} {count}'
-                )
-                lines.append(
-                    f'touchpoint_request_duration_seconds_sum{{route="{r}"}} {self.latency_sum[route]}'
-                )
-                lines.append(f'touchpoint_request_duration_seconds_count{{route="{r}"}} {count}')
-            lines += [
-                "# HELP touchpoint_decisions_total Decisions by chosen action.",
-                "# TYPE touchpoint_decisions_total counter",
-            ]
-            for action, v in sorted(self.decisions.items()):
-                lines.append(f'touchpoint_decisions_total{{action="{_label(action)}"}} {v}')
-            lines += [
-                "# HELP touchpoint_explored_decisions_total Decisions that did not pick the best-scoring action.",
-                "# TYPE touchpoint_explored_decisions_total counter",
-                f"touchpoint_explored_decisions_total {self.explored}",
-                "# HELP touchpoint_suppressions_total Candidate actions removed, by contact rule.",
-                "# TYPE touchpoint_suppressions_total counter",
-            ]
-            for rule, v in sorted(self.suppressions.items()):
-                lines.append(f'touchpoint_suppressions_total{{rule="{_label(rule)}"}} {v}')
-            lines += [
-                "# HELP touchpoint_events_total Ingested events by outcome.",
-                "# TYPE touchpoint_events_total counter",
-            ]
-            for outcome, v in sorted(self.events.items()):
-                lines.append(f'touchpoint_events_total{{outcome="{outcome}"}} {v}')
-            lines += [
-                "# HELP touchpoint_model_reloads_total Model reloads by result.",
-                "# TYPE touchpoint_model_reloads_total counter",
-            ]
-            for result, v in sorted(self.reloads.items()):
-                lines.append(f'touchpoint_model_reloads_total{{result="{result}"}} {v}')
-            lines += [
-                "# HELP touchpoint_model_info The model bundle being served.",
-                "# TYPE touchpoint_model_info gauge",
-            ]
-            if self.model_version is not None:
-                lines.append(
-                    f'touchpoint_model_info{{model_version="{_label(self.model_version)}"}} 1'
-                )
-        return "\n".join(lines) + "\n"
-
-
-class MetricsMiddleware:
-    """Pure ASGI middleware (cheaper than ``BaseHTTPMiddleware``): counts and times requests.
-
-    The route label is the route's path template (``/v1/recommendations``), never the raw
-    path, so label cardinality stays bounded.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(
-        self,
-        scope: Scope,
-        receive: Callable[[], Awaitable[Message]],
-        send: Callable[[Message], Awaitable[None]],
-    ) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.observe_request(
-                scope.get("method", ""), route, status, time.perf_counter() - start
-            )
 
 
 # ---------------------------------------------------------------------------- service
@@ -333,6 +77,11 @@ class LoadedModel:
     def version(self) -> str:
         return self.bundle.model_version
 
+    @cached_property
+    def channel_names(self) -> list[str]:
+        """Channel of each action code, ``none`` for no action (the response's ``channel``)."""
+        return [c or NO_ACTION for c in self.engine.channels]
+
 
 def load_model(path: str | Path) -> LoadedModel:
     """Load a bundle and check that it can score (a decision for a customer with no history).
@@ -341,9 +90,10 @@ def load_model(path: str | Path) -> LoadedModel:
     """
     bundle = load_bundle(path)
     engine = DecisionEngine(bundle)
-    empty = events_frame([])
-    X = customer_features(bundle.spec, empty, None, "warm-up", pd.Timestamp.now(tz="UTC"))
-    engine.distribution(engine.score(X, pd.Timestamp.now(tz="UTC")))
+    now = time.time_ns()
+    X = request_features(bundle.spec, EventColumns.from_rows([]), None, "warm-up", now)
+    engine.distribution(engine.score(X, now))
+    explain(bundle, X[0], range(len(bundle.actions)))
     return LoadedModel(bundle=bundle, engine=engine, path=Path(path))
 
 
@@ -394,8 +144,8 @@ class Service:
 
     # ------------------------------------------------------------------ history
     def _inline_history(
-        self, events: list[EventIn], customer_id: str, loc: list[str | int]
-    ) -> pd.DataFrame:
+        self, events: list[EventIn], customer_id: str, as_of_ns: int, loc: list[str | int]
+    ) -> EventColumns:
         for i, e in enumerate(events):
             if e.customer_id is not None and e.customer_id.strip() != customer_id:
                 raise RequestError(
@@ -410,34 +160,37 @@ class Service:
         if len(result.quarantine):
             row, reason = result.quarantine.iloc[0][["row", "reason"]]
             raise RequestError([*loc, "events", int(row) - 1], str(reason), "event_invalid")
-        return result.events
+        valid = result.events
+        return EventColumns.from_frame(valid[to_ns(valid["timestamp"]) < as_of_ns])
+
+    def _stored_history(self, customer_id: str, as_of_ns: int) -> EventColumns:
+        days = self.settings.history_days
+        since = as_of_ns - days * NS_PER_DAY if days else None
+        if since is not None and since < _MIN_NS:
+            since = None  # older than representable: read everything
+        return self.store.recent_events(customer_id, as_of_ns, since)
 
     # ------------------------------------------------------------------ decisions
     def decide(
         self, req: RecommendationRequest, model: LoadedModel, loc: list[str | int]
-    ) -> tuple[RecommendationResponse, DecisionRecord]:
+    ) -> tuple[dict[str, Any], DecisionRecord]:
+        """One decision: the response body (a plain dict, serialized once) and its log row."""
         engine, bundle = model.engine, model.bundle
-        as_of = pd.Timestamp.now(tz="UTC") if req.as_of is None else pd.Timestamp(req.as_of)
-        as_of = as_of.tz_convert("UTC").as_unit("ns")
+        as_of_ns = time.time_ns() if req.as_of is None else _datetime_ns(req.as_of)
         cid = req.customer_id
         if req.events is not None:
-            history = self._inline_history(req.events, cid, loc)
-            history = history[history["timestamp"] < as_of]
+            history = self._inline_history(req.events, cid, as_of_ns, loc)
             source = "inline"
         else:
-            days = self.settings.history_days
-            # Clamp at the earliest representable time rather than overflow on old dates.
-            floor = pd.Timestamp.min.tz_localize("UTC") + pd.Timedelta(days=days or 0)
-            since = as_of - pd.Timedelta(days=days) if days and as_of > floor else None
-            history = self.store.history(cid, before=as_of, since=since)
+            history = self._stored_history(cid, as_of_ns)
             source = "store"
-        customers = self.store.customers([cid])
-        X = customer_features(bundle.spec, history, customers, cid, as_of)
-        scored = engine.score(X, as_of)
+        X = request_features(bundle.spec, history, self.store.customer(cid), cid, as_of_ns)
+        scored = engine.score(X, as_of_ns)
         probs = engine.distribution(scored)[0]
         with self._rng_lock:
             chosen = int(sample_actions(probs[None, :], self._rng)[0])
-        ranked = [int(a) for a in scored.ranked()[0] if scored.eligible[0, a]]
+        eligible = scored.eligible[0]
+        ranked = [int(a) for a in scored.ranked()[0] if eligible[a]]
         k = req.k or self.settings.default_k
         top = [chosen] + [a for a in ranked if a != chosen][: k - 1]
         explored = chosen != ranked[0]
@@ -447,44 +200,36 @@ class Service:
             log.exception("explaining the decision failed")
             reasons = [[] for _ in top]
         actions = engine.actions
-        channels = [c or NO_ACTION for c in engine.channels]
-        recs = [
-            Recommendation(
-                action=actions[a],
-                channel=channels[a],
-                score=float(scored.scores[0, a]),
-                p_conversion=float(scored.p_conversion[0, a]),
-                p_churn=float(scored.p_churn[0, a]),
-                propensity=float(probs[a]),
-                reasons=r,
-            )
-            for a, r in zip(top, reasons, strict=True)
-        ]
-        codes = scored.suppression[0]
+        channels = model.channel_names
+        scores = scored.scores[0].tolist()
+        p_conv = scored.p_conversion[0].tolist()
+        p_churn = scored.p_churn[0].tolist()
+        prob = probs.tolist()
+        codes = scored.suppression[0].tolist()
         suppressed = [
-            Suppression(action=actions[a], rule=RULES[int(c) - 1]) for a, c in enumerate(codes) if c
+            {"action": actions[a], "rule": RULES[c - 1]} for a, c in enumerate(codes) if c
         ]
         decision_id = uuid.uuid4().hex
         candidates = [
             {
                 "action": actions[a],
-                "score": float(scored.scores[0, a]),
-                "p_conversion": float(scored.p_conversion[0, a]),
-                "p_churn": float(scored.p_churn[0, a]),
-                "propensity": float(probs[a]),
-                "suppressed": RULES[int(codes[a]) - 1] if codes[a] else None,
+                "score": scores[a],
+                "p_conversion": p_conv[a],
+                "p_churn": p_churn[a],
+                "propensity": prob[a],
+                "suppressed": RULES[codes[a] - 1] if codes[a] else None,
             }
             for a in range(len(actions))
         ]
         record = DecisionRecord(
             decision_id=decision_id,
-            decision_time=as_of,
+            decision_time=as_of_ns,
             customer_id=cid,
             model_version=model.version,
             action=actions[chosen],
-            propensity=float(probs[chosen]),
+            propensity=prob[chosen],
             candidates=candidates,
-            suppressed=[s.model_dump() for s in suppressed],
+            suppressed=suppressed,
             context={
                 "request": req.context or {},
                 "k": k,
@@ -493,22 +238,34 @@ class Service:
                 "explored": explored,
             },
         )
-        response = RecommendationResponse(
-            decision_id=decision_id,
-            model_version=model.version,
-            customer_id=cid,
-            as_of=as_of.to_pydatetime(),
-            chosen=actions[chosen],
-            explored=explored,
-            recommendations=recs,
-            suppressed=suppressed,
-        )
+        response = {
+            "decision_id": decision_id,
+            "model_version": model.version,
+            "customer_id": cid,
+            "as_of": _iso(as_of_ns),
+            "chosen": actions[chosen],
+            "explored": explored,
+            "recommendations": [
+                {
+                    "action": actions[a],
+                    "channel": channels[a],
+                    "score": scores[a],
+                    "p_conversion": p_conv[a],
+                    "p_churn": p_churn[a],
+                    "propensity": prob[a],
+                    "reasons": r,
+                }
+                for a, r in zip(top, reasons, strict=True)
+            ],
+            "suppressed": suppressed,
+        }
         return response, record
 
     def recommend(
         self, requests: Sequence[RecommendationRequest], model: LoadedModel, batch: bool
-    ) -> list[RecommendationResponse]:
-        out: list[RecommendationResponse] = []
+    ) -> list[dict[str, Any]]:
+        """Response bodies, in order; every decision is logged before any is returned."""
+        out: list[dict[str, Any]] = []
         records: list[DecisionRecord] = []
         for i, req in enumerate(requests):
             loc: list[str | int] = ["body", "requests", i] if batch else ["body"]
@@ -518,7 +275,9 @@ class Service:
         # Log before answering: a decision the caller may act on is never missing from the log.
         self.decision_log.append(records)
         for r in out:
-            self.metrics.observe_decision(r.chosen, r.explored, [s.rule for s in r.suppressed])
+            self.metrics.observe_decision(
+                r["chosen"], r["explored"], [s["rule"] for s in r["suppressed"]]
+            )
         return out
 
     # ------------------------------------------------------------------ events
@@ -561,6 +320,25 @@ class Service:
     def close(self) -> None:
         self.store.close()
         self.decision_log.close()
+
+
+_MIN_NS = int(pd.Timestamp.min.as_unit("ns").value)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def _datetime_ns(value: datetime) -> int:
+    """ns since the epoch of an aware datetime (naive = UTC), without pandas."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _US * 1000
+
+
+def _iso(ns: int) -> str:
+    """ISO-8601 in UTC with a ``Z``, as pydantic writes datetimes."""
+    seconds, rest = divmod(ns, 10**9)
+    stamp = datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=rest // 1000)
+    return stamp.isoformat().replace("+00:00", "Z")
 
 
 def _events_input_frame(events: list[EventIn]) -> pd.DataFrame:
@@ -686,25 +464,39 @@ def create_app(
             metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
-    @app.post("/v1/recommendations", tags=["recommendations"])
-    def recommend(
+    # The recommendation routes return the JSON bytes themselves (orjson, one pass): FastAPI
+    # would otherwise validate the body against the response model and serialize it again.
+    # `response_model` still documents the body in the OpenAPI schema.
+    @app.post(
+        "/v1/recommendations",
+        tags=["recommendations"],
+        response_model=RecommendationResponse,
+        response_class=Response,
+    )
+    async def recommend(
         body: RecommendationRequest, service: ServiceDep, model: ModelDep
-    ) -> RecommendationResponse:
+    ) -> Response:
         """Ranked actions for one customer; the first one is the policy's pick."""
-        return service.recommend([body], model, batch=False)[0]
+        # async on purpose: about a millisecond of CPU, cheaper run on the event loop than
+        # handed to a worker thread (with the GIL, a thread would not run it any sooner).
+        return _json(service.recommend([body], model, batch=False)[0])
 
-    @app.post("/v1/recommendations:batch", tags=["recommendations"])
+    @app.post(
+        "/v1/recommendations:batch",
+        tags=["recommendations"],
+        response_model=BatchRecommendationResponse,
+        response_class=Response,
+    )
     def recommend_batch(
         body: BatchRecommendationRequest, service: ServiceDep, model: ModelDep
-    ) -> BatchRecommendationResponse:
+    ) -> Response:
         """Up to ``max_batch`` (default 1000) recommendation requests, answered in order."""
+        # Not async: a large batch takes a while, and must not hold up the event loop.
         if len(body.requests) > settings.max_batch:
             raise RequestError(
                 ["body", "requests"], f"at most {settings.max_batch} requests per batch"
             )
-        return BatchRecommendationResponse(
-            responses=service.recommend(body.requests, model, batch=True)
-        )
+        return _json({"responses": service.recommend(body.requests, model, batch=True)})
 
     @app.post("/v1/events", tags=["events"])
     def ingest_events(body: EventsRequest, service: ServiceDep, _: ApiKeyDep) -> EventsResponse:
@@ -758,6 +550,10 @@ def serve(settings: ServingSettings) -> None:
         access_log=settings.access_log,
         workers=1,
     )
+
+
+def _json(body: Any) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def _json_safe(value: Any) -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -53,20 +54,23 @@ class ContactState:
     total_in_window: np.ndarray  # (n_customers,) int
 
 
-def contact_state_from_features(
-    X: np.ndarray,
-    feature_names: Sequence[str],
-    *,
-    channels: Sequence[str],
-    policy: ContactPolicy,
-) -> ContactState:
-    """Read the contact state off feature rows (``spec.feature_names`` order).
+@dataclass(frozen=True)
+class ContactColumns:
+    """Where the contact state sits in a feature row; computed once per model."""
 
-    The features already count, strictly before the decision time, the sends per channel
-    and window, the hours since the last send, consent and unsubscribes; reusing them keeps
-    one point-in-time implementation and costs nothing extra per request.  The feature
-    spec must include the contact policy's window (training adds it).
-    """
+    channels: tuple[str, ...]
+    days_since: list[int]
+    unsubscribed: list[int]
+    sends_in_window: list[int]
+    consent: list[int | None]  # None: the spec has no consent flag for the channel
+    total_in_window: int
+
+
+def contact_columns(
+    feature_names: Sequence[str], *, channels: Sequence[str], policy: ContactPolicy
+) -> ContactColumns:
+    """The feature columns :func:`contact_state` reads (the spec must include the policy's
+    window: training adds it)."""
     index = {name: i for i, name in enumerate(feature_names)}
     w = policy.window_days
     total_name = f"n_sent_{w}d"
@@ -75,42 +79,60 @@ def contact_state_from_features(
             f"the feature spec has no {w}-day window, which contact_policy.window_days needs; "
             "retrain with this catalog"
         )
-
-    def cols(template: str) -> np.ndarray:
-        return X[:, [index[template.format(c=c)] for c in channels]]
-
-    days_since = cols("ch_{c}_days_since_send")
-    consent_cols = [index.get(f"consent_{c}") for c in channels]
-    consent = np.ones((len(X), len(channels)), dtype=bool)
-    for j, col in enumerate(consent_cols):
-        if col is not None:
-            consent[:, j] = X[:, col] != 0  # NaN (unknown) counts as consent given
-    return ContactState(
+    return ContactColumns(
         channels=tuple(channels),
-        consent=consent,
-        unsubscribed=cols("ch_{c}_unsubscribed") > 0,
-        sends_in_window=cols(f"ch_{{c}}_sends_{w}d").astype(np.int64),
-        hours_since_send=np.where(np.isnan(days_since), np.inf, days_since * 24.0),
-        total_in_window=X[:, index[total_name]].astype(np.int64),
+        days_since=[index[f"ch_{c}_days_since_send"] for c in channels],
+        unsubscribed=[index[f"ch_{c}_unsubscribed"] for c in channels],
+        sends_in_window=[index[f"ch_{c}_sends_{w}d"] for c in channels],
+        consent=[index.get(f"consent_{c}") for c in channels],
+        total_in_window=index[total_name],
     )
 
 
-def in_quiet_hours(policy: ContactPolicy, decision_time: pd.Series | pd.Timestamp) -> np.ndarray:
+def contact_state(X: np.ndarray, columns: ContactColumns) -> ContactState:
+    """Read the contact state off feature rows.
+
+    The features already count, strictly before the decision time, the sends per channel
+    and window, the hours since the last send, consent and unsubscribes; reusing them keeps
+    one point-in-time implementation and costs nothing extra per request.
+    """
+    days_since = X[:, columns.days_since]
+    consent = np.ones((len(X), len(columns.channels)), dtype=bool)
+    for j, col in enumerate(columns.consent):
+        if col is not None:
+            consent[:, j] = X[:, col] != 0  # NaN (unknown) counts as consent given
+    return ContactState(
+        channels=columns.channels,
+        consent=consent,
+        unsubscribed=X[:, columns.unsubscribed] > 0,
+        sends_in_window=X[:, columns.sends_in_window].astype(np.int64),
+        hours_since_send=np.where(np.isnan(days_since), np.inf, days_since * 24.0),
+        total_in_window=X[:, columns.total_in_window].astype(np.int64),
+    )
+
+
+def in_quiet_hours(
+    policy: ContactPolicy, decision_time: pd.Series | pd.Timestamp | int
+) -> np.ndarray:
     """True where the decision time falls inside the quiet hours (local to their timezone).
 
-    A single timestamp (the online case) takes a scalar path: building a Series for one
-    value cost milliseconds per request.
+    ``decision_time`` is a Series, one Timestamp, or one time in ns since the epoch (UTC).
+    One time (the online case) takes a scalar path: building a Series for one value cost
+    milliseconds per request.
     """
     quiet = policy.quiet_hours
-    n = 1 if isinstance(decision_time, pd.Timestamp) else len(decision_time)
+    n = len(decision_time) if isinstance(decision_time, pd.Series) else 1
     if quiet is None or quiet.start == quiet.end:
         return np.zeros(n, dtype=bool)
     zone = ZoneInfo(quiet.timezone)
     if isinstance(decision_time, pd.Timestamp):
         ts = decision_time if decision_time.tzinfo else decision_time.tz_localize("UTC")
         hour = np.array([ts.tz_convert(zone).hour])
-    else:
+    elif isinstance(decision_time, pd.Series):
         hour = pd.to_datetime(decision_time, utc=True).dt.tz_convert(zone).dt.hour.to_numpy()
+    else:
+        seconds = int(decision_time) // 10**9  # floor: the hour of 23:59:59.9 is 23
+        hour = np.array([datetime.fromtimestamp(seconds, tz=zone).hour])
     if quiet.start < quiet.end:
         return (hour >= quiet.start) & (hour < quiet.end)
     return (hour >= quiet.start) | (hour < quiet.end)  # wraps past midnight
@@ -124,31 +146,31 @@ def suppression_codes(
 ) -> np.ndarray:
     """``(n_customers, n_actions)`` rule codes: 0 eligible, else ``RULES.index(rule) + 1``.
 
-    ``action_channels[a]`` is the channel of action ``a`` (None for no action).
+    ``action_channels[a]`` is the channel of action ``a`` (None for no action).  Every rule
+    is evaluated for all actions at once; ``np.select`` keeps the first one that fails.
     """
-    n = len(state.total_in_window)
-    codes = np.zeros((n, len(action_channels)), dtype=np.int8)
+    n, n_actions = len(state.total_in_window), len(action_channels)
     chan_index = {c: j for j, c in enumerate(state.channels)}
+    has_channel = np.array([c is not None for c in action_channels], dtype=bool)
+    missing = [c for c in action_channels if c is not None and c not in chan_index]
+    if missing:
+        raise ValueError(f"action channel {missing[0]!r} has no contact state")
+    col = np.array([chan_index[c] if c is not None else 0 for c in action_channels], np.intp)
+    caps = np.array(
+        [policy.channel_caps.get(c, policy.max_per_channel) if c else 0 for c in action_channels]
+    )
     quiet_channels = set(policy.quiet_hours.channels) if policy.quiet_hours else set()
-    total_full = state.total_in_window >= policy.max_total
-    for a, channel in enumerate(action_channels):
-        if channel is None:
-            continue
-        j = chan_index.get(channel)
-        if j is None:
-            raise ValueError(f"action channel {channel!r} has no contact state")
-        cap = policy.channel_caps.get(channel, policy.max_per_channel)
-        checks = (
-            ~state.consent[:, j],
-            state.unsubscribed[:, j],
-            state.hours_since_send[:, j] < policy.cooldown_hours,
-            state.sends_in_window[:, j] >= cap,
-            total_full,
-            quiet_now if channel in quiet_channels else np.zeros(n, dtype=bool),
-        )
-        # Fill from the last rule to the first, so the first failing rule wins.
-        for rule_code in range(len(checks), 0, -1):
-            codes[checks[rule_code - 1], a] = rule_code
+    quiet_action = np.array([c in quiet_channels for c in action_channels], dtype=bool)
+    checks = [
+        ~state.consent[:, col],
+        state.unsubscribed[:, col],
+        state.hours_since_send[:, col] < policy.cooldown_hours,
+        state.sends_in_window[:, col] >= caps[None, :],
+        np.broadcast_to((state.total_in_window >= policy.max_total)[:, None], (n, n_actions)),
+        np.asarray(quiet_now, dtype=bool).reshape(-1, 1) & quiet_action[None, :],
+    ]
+    codes = np.select(checks, np.arange(1, len(checks) + 1, dtype=np.int8), 0).astype(np.int8)
+    codes[:, ~has_channel] = 0  # "no action" is never suppressed
     return codes
 
 

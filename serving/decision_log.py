@@ -10,12 +10,13 @@ Rows are only ever inserted; nothing updates or deletes them.
 
 from __future__ import annotations
 
-import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 
 from serving.store import SQLiteConnections
@@ -54,7 +55,7 @@ class DecisionRecord:
     """One decision, as logged."""
 
     decision_id: str
-    decision_time: pd.Timestamp
+    decision_time: pd.Timestamp | int  # int: ns since the epoch, UTC
     customer_id: str
     model_version: str
     action: str
@@ -64,10 +65,18 @@ class DecisionRecord:
     context: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _ns(t: pd.Timestamp) -> int:
+def _ns(t: pd.Timestamp | int) -> int:
+    if isinstance(t, int):
+        return t
     t = pd.Timestamp(t)
     t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
     return int(t.as_unit("ns").value)
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON (orjson: a tenth of the stdlib's time); anything JSON has no type for
+    (a date in a request context) as text, non-finite numbers as null."""
+    return orjson.dumps(value, default=str).decode()
 
 
 class DecisionLog:
@@ -79,7 +88,7 @@ class DecisionLog:
 
     def append(self, records: Sequence[DecisionRecord]) -> None:
         """Insert decisions in one transaction (a batch request logs all or none)."""
-        now = _ns(pd.Timestamp.now(tz="UTC"))
+        now = time.time_ns()
         rows = [
             (
                 r.decision_id,
@@ -89,9 +98,9 @@ class DecisionLog:
                 r.model_version,
                 r.action,
                 float(r.propensity),
-                json.dumps(list(r.candidates), default=str),
-                json.dumps(list(r.suppressed), default=str),
-                json.dumps(dict(r.context), default=str),
+                _dumps(list(r.candidates)),
+                _dumps(list(r.suppressed)),
+                _dumps(dict(r.context)),
             )
             for r in records
         ]

@@ -17,7 +17,8 @@ from serving.bundle import Bundle
 from serving.contact_policy import (
     RULES,
     action_channels,
-    contact_state_from_features,
+    contact_columns,
+    contact_state,
     in_quiet_hours,
     suppression_codes,
 )
@@ -64,14 +65,16 @@ class DecisionEngine:
         self.conversion_value = catalog.objective.conversion_value
         self.churn_cost = catalog.objective.churn_cost
         self.feature_names = list(bundle.spec.feature_names)
+        self.contact_columns = contact_columns(
+            self.feature_names, channels=bundle.spec.channels, policy=catalog.contact_policy
+        )
 
-    def score(self, X: np.ndarray, decision_time: pd.Series | pd.Timestamp) -> ScoredRows:
-        """Score feature rows (in ``spec.feature_names`` order) decided at ``decision_time``."""
+    def score(self, X: np.ndarray, decision_time: pd.Series | pd.Timestamp | int) -> ScoredRows:
+        """Score feature rows (in ``spec.feature_names`` order) decided at ``decision_time``
+        (a Series, one Timestamp, or one time in ns since the epoch, UTC)."""
         X = np.asarray(X, dtype=np.float64)
         policy = self.bundle.catalog.contact_policy
-        state = contact_state_from_features(
-            X, self.feature_names, channels=self.bundle.spec.channels, policy=policy
-        )
+        state = contact_state(X, self.contact_columns)
         quiet = in_quiet_hours(policy, decision_time)
         if len(quiet) == 1 and len(X) > 1:
             quiet = np.repeat(quiet, len(X))

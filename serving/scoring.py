@@ -28,6 +28,8 @@ from typing import Any, Literal
 import lightgbm as lgb
 import numpy as np
 
+from serving.lgbm_predict import Kind, Predict, predictor
+
 Formulation = Literal["single", "per_action", "offset", "shared_offset"]
 FORMULATIONS: tuple[Formulation, ...] = ("single", "per_action", "offset", "shared_offset")
 
@@ -83,6 +85,9 @@ class OutcomeScorer:
     #: another process held a core); batch jobs raise it for the duration of the batch.
     threads: int = 1
     _codes: np.ndarray = field(init=False, repr=False)
+    _predictors: dict[tuple[str, Kind, int], Predict] = field(
+        init=False, repr=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         if self.formulation not in FORMULATIONS:
@@ -109,27 +114,28 @@ class OutcomeScorer:
                 [np.repeat(X, len(idx), axis=0), np.tile(self._codes[idx], len(X))[:, None]]
             )
             if self.formulation == "single":
-                p = self.boosters["all"].predict(rows, num_threads=self.threads)
-                return np.asarray(p, dtype=np.float64).reshape(len(X), len(idx))
-            base = np.repeat(self._raw(self.boosters["base"], X), len(idx))
-            logit = base + self._raw(self.boosters["offset"], rows)
+                return self._run("all", "normal", rows).reshape(len(X), len(idx))
+            base = np.repeat(self._run("base", "raw", X), len(idx))
+            logit = base + self._run("offset", "raw", rows)
             return _sigmoid(logit).reshape(len(X), len(idx))
         if self.formulation == "offset":
-            base = self._raw(self.boosters["base"], X)
-            logits = np.column_stack(
-                [base + self._raw(self.boosters[self.actions[i]], X) for i in idx]
-            )
+            base = self._run("base", "raw", X)
+            logits = np.column_stack([base + self._run(self.actions[i], "raw", X) for i in idx])
             return _sigmoid(logits)
-        cols = [
-            np.asarray(self.boosters[self.actions[i]].predict(X, num_threads=self.threads))
-            for i in idx
-        ]
+        cols = [self._run(self.actions[i], "normal", X) for i in idx]
         return np.column_stack(cols).astype(np.float64)
 
-    def _raw(self, booster: lgb.Booster, X: np.ndarray) -> np.ndarray:
-        return np.asarray(
-            booster.predict(X, raw_score=True, num_threads=self.threads), dtype=np.float64
-        )
+    def _run(self, key: str, kind: Kind, X: np.ndarray) -> np.ndarray:
+        """One booster's predictions through the C API (serving.lgbm_predict)."""
+        cache_key = (key, kind, self.threads)
+        fn = self._predictors.get(cache_key)
+        if fn is None:
+            fn = self._predictors[cache_key] = predictor(self.boosters[key], kind, self.threads)
+        return fn(X)
+
+    def contributions(self, key: str, X: np.ndarray) -> np.ndarray:
+        """SHAP contributions (log-odds) of booster ``key``, without the bias column."""
+        return self._run(key, "contrib", X)[:, :-1]
 
     def predict(self, X: np.ndarray, action_idx: Sequence[int] | None = None) -> np.ndarray:
         """Calibrated probabilities, shape ``(len(X), n_actions)`` (or the chosen columns)."""
@@ -141,28 +147,22 @@ class OutcomeScorer:
         X = np.asarray(X, dtype=np.float64)
         codes = np.asarray(action_codes, dtype=np.int64)
         if self.formulation == "single":
-            raw = self.boosters["all"].predict(
-                np.hstack([X, codes[:, None].astype(np.float64)]), num_threads=self.threads
-            )
+            raw = self._run("all", "normal", np.hstack([X, codes[:, None].astype(np.float64)]))
         elif self.formulation == "shared_offset":
             with_action = np.hstack([X, codes[:, None].astype(np.float64)])
-            logit = self._raw(self.boosters["base"], X) + self._raw(
-                self.boosters["offset"], with_action
-            )
+            logit = self._run("base", "raw", X) + self._run("offset", "raw", with_action)
             raw = _sigmoid(logit)
         elif self.formulation == "offset":
-            logit = self._raw(self.boosters["base"], X)
+            logit = self._run("base", "raw", X)
             for code in np.unique(codes):
                 rows = codes == code
-                logit[rows] += self._raw(self.boosters[self.actions[code]], X[rows])
+                logit[rows] += self._run(self.actions[code], "raw", X[rows])
             raw = _sigmoid(logit)
         else:
             raw = np.zeros(len(X))
             for code in np.unique(codes):
                 rows = codes == code
-                raw[rows] = self.boosters[self.actions[code]].predict(
-                    X[rows], num_threads=self.threads
-                )
+                raw[rows] = self._run(self.actions[code], "normal", X[rows])
         raw = np.asarray(raw, dtype=np.float64)
         return raw if self.calibration is None else self.calibration.apply(raw)
 

@@ -24,6 +24,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,15 +34,67 @@ import pandas as pd
 from features.counters import to_ns
 from features.schema import EVENT_COLUMNS
 
-__all__ = ["HistoryStore", "SQLiteConnections", "SQLiteHistoryStore"]
+__all__ = ["EventColumns", "HistoryStore", "SQLiteConnections", "SQLiteHistoryStore"]
 
 #: Rows per executemany call of a bulk load.
 CHUNK_ROWS = 50_000
 
 
+@dataclass(frozen=True)
+class EventColumns:
+    """One customer's events as plain columns, in time order: what the features read.
+
+    The request path uses this instead of a DataFrame: building one per request cost more
+    than computing the features (docs/SERVING.md, "Speed").
+    """
+
+    time: np.ndarray  # int64, ns since the epoch (UTC)
+    channel: Sequence[str]
+    event_type: Sequence[str]
+    value: np.ndarray  # float64, NaN when the event has no value
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[int, str, str, float | None]]) -> EventColumns:
+        """From ``(ts_ns, channel, event_type, value)`` rows."""
+        if not rows:
+            return cls(np.zeros(0, dtype=np.int64), (), (), np.zeros(0, dtype=np.float64))
+        ts, channel, event_type, value = zip(*rows, strict=True)
+        return cls(
+            time=np.array(ts, dtype=np.int64),
+            channel=channel,
+            event_type=event_type,
+            value=np.array(value, dtype=np.float64),  # None becomes NaN
+        )
+
+    @classmethod
+    def from_frame(cls, events: pd.DataFrame) -> EventColumns:
+        """From a canonical event table (one customer's rows, any order)."""
+        return cls(
+            time=to_ns(events["timestamp"]),
+            channel=[str(c) for c in events["channel"].tolist()],
+            event_type=[str(t) for t in events["event_type"].tolist()],
+            value=events["value"].to_numpy(dtype=np.float64, na_value=np.nan),
+        )
+
+
 @runtime_checkable
 class HistoryStore(Protocol):
     """What the service needs from a history store."""
+
+    def recent_events(self, customer_id: str, before: int, since: int | None) -> EventColumns:
+        """The columns the features need of the customer's events with
+        ``since <= ts < before`` (ns since the epoch, UTC; ``since=None``: no lower bound).
+
+        This is the request path: keep it fast.
+        """
+        ...
+
+    def customer(self, customer_id: str) -> dict[str, Any] | None:
+        """The stored attributes of one customer, or None when it is unknown."""
+        ...
 
     def add(self, events: pd.DataFrame) -> tuple[int, int]:
         """Store canonical events; return ``(accepted, duplicates)``."""
@@ -131,6 +184,10 @@ _INSERT = (
     "INSERT OR IGNORE INTO events (customer_id, ts, channel, event_type, action, value, "
     "propensity, event_id, decision_id, dedup_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_SELECT_RECENT = (
+    "SELECT ts, channel, event_type, value FROM events "
+    "WHERE customer_id = ? AND ts < ? AND ts >= ? ORDER BY ts, seq"
+)
 _SELECT = (
     "SELECT customer_id, ts, channel, event_type, action, value, propensity, event_id, "
     "decision_id FROM events WHERE customer_id = ? AND ts < ? AND ts >= ? ORDER BY ts, seq"
@@ -212,6 +269,12 @@ class SQLiteHistoryStore:
                 accepted += max(cur.rowcount, 0)
         return accepted, n - accepted
 
+    def recent_events(self, customer_id: str, before: int, since: int | None) -> EventColumns:
+        """See :meth:`HistoryStore.recent_events`: one indexed range scan, four columns."""
+        lo = np.iinfo(np.int64).min if since is None else int(since)
+        rows = self._db.connection().execute(_SELECT_RECENT, (customer_id, int(before), lo))
+        return EventColumns.from_rows(rows.fetchall())
+
     def history(
         self, customer_id: str, before: pd.Timestamp, since: pd.Timestamp | None = None
     ) -> pd.DataFrame:
@@ -248,6 +311,15 @@ class SQLiteHistoryStore:
                     [(cid, p) for cid, p in zip(ids, payload, strict=True) if cid is not None],
                 )
         return n
+
+    def customer(self, customer_id: str) -> dict[str, Any] | None:
+        """The attributes of one customer (JSON-decoded), or None when it is unknown."""
+        row = (
+            self._db.connection()
+            .execute("SELECT attributes FROM customers WHERE customer_id = ?", (customer_id,))
+            .fetchone()
+        )
+        return None if row is None else dict(json.loads(row[0]))
 
     def customers(self, ids: Sequence[str]) -> pd.DataFrame:
         """``customer_id`` plus attributes of the known ids (unknown ids have no row)."""

@@ -1,0 +1,85 @@
+"""The feature row of one customer at request time: the offline feature code, no pandas.
+
+Both functions end in :func:`features.pipeline.compute_feature_matrix`, the numpy core
+that ``touchpoint features`` and ``touchpoint recommend`` use, so a customer's row is the
+same online and offline (tests/serving/test_app.py checks it bit for bit).  What differs is
+only how the events get there: :func:`request_features` takes the plain columns the
+store returns; :func:`customer_features` takes canonical DataFrames (inline histories,
+tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.counters import customer_event_arrays
+from features.pipeline import compute_feature_matrix, encode_customer_record
+from features.spec import FeatureSpec
+from serving.store import EventColumns
+
+__all__ = ["customer_features", "request_features"]
+
+_CODE = np.zeros(1, dtype=np.int64)  # the only customer of a one-customer EventArrays
+
+
+def request_features(
+    spec: FeatureSpec,
+    events: EventColumns,
+    attributes: Mapping[str, Any] | None,
+    customer_id: str,
+    as_of_ns: int,
+) -> np.ndarray:
+    """The ``(1, n_features)`` float64 row of one customer decided at ``as_of_ns``.
+
+    ``events`` must hold only events strictly before ``as_of_ns`` (the store's query and the
+    inline path both cut there); ``attributes`` is the customer's stored record (None =
+    unknown customer: consent given, attributes missing).  float32 then float64, exactly
+    as the offline table is stored and scored.
+    """
+    ev = customer_event_arrays(
+        spec, customer_id, events.time, events.channel, events.event_type, events.value
+    )
+    consent_row, static_row = encode_customer_record(attributes, spec)
+    X = compute_feature_matrix(
+        ev,
+        _CODE,
+        np.array([as_of_ns], dtype=np.int64),
+        spec,
+        consent=np.array([consent_row]) if spec.consent_channels else None,
+        static=np.array([static_row]) if static_row else None,
+    )
+    return np.ascontiguousarray(X, dtype=np.float64)
+
+
+def customer_features(
+    spec: FeatureSpec,
+    events: pd.DataFrame,
+    customers: pd.DataFrame | None,
+    customer_id: str,
+    as_of: pd.Timestamp,
+) -> np.ndarray:
+    """:func:`request_features` from canonical tables (events of any customers, any order).
+
+    Only ``customer_id``'s events strictly before ``as_of`` are used.
+    """
+    as_of_ns = int(pd.Timestamp(as_of).as_unit("ns").value)
+    mine = events[events["customer_id"].astype(str) == customer_id] if len(events) else events
+    columns = EventColumns.from_frame(mine) if len(mine) else EventColumns.from_rows([])
+    keep = columns.time < as_of_ns
+    if not keep.all():
+        columns = EventColumns(
+            time=columns.time[keep],
+            channel=[c for c, k in zip(columns.channel, keep, strict=True) if k],
+            event_type=[t for t, k in zip(columns.event_type, keep, strict=True) if k],
+            value=columns.value[keep],
+        )
+    record: dict[str, Any] | None = None
+    if customers is not None and len(customers):
+        rows = customers[customers["customer_id"].astype(str) == customer_id]
+        if len(rows):
+            record = {str(k): v for k, v in rows.iloc[0].items()}
+    return request_features(spec, columns, record, customer_id, as_of_ns)
