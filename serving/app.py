@@ -6,8 +6,8 @@ models, expected values) -> a draw from the exploration policy with its exact pr
 -> the decision log -> the response.  The engine knows nothing of HTTP; this module only
 adapts it.  docs/SERVING.md describes the API and the settings.
 
-Start it with :func:`serve` (what ``touchpoint serve`` calls) or mount :func:`create_app`
-under any ASGI server.
+Start it with :func:`serving.server.serve` (what ``touchpoint serve`` calls) or mount
+:func:`create_app` under any ASGI server.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from serving.contact_policy import RULES
 from serving.decision_log import DecisionLog, DecisionRecord
 from serving.engine import DecisionEngine
 from serving.metrics import Metrics, MetricsMiddleware
+from serving.model_source import FAILED, RELOADED, ModelSource, ModelWatcher
 from serving.online_features import customer_features, request_features
 from serving.policy import sample_actions
 from serving.reasons import explain
@@ -59,7 +60,7 @@ from serving.schemas import (
 from serving.settings import ServingSettings
 from serving.store import EventColumns, HistoryStore, SQLiteHistoryStore
 
-__all__ = ["LoadedModel", "Metrics", "Service", "create_app", "customer_features", "serve"]
+__all__ = ["LoadedModel", "Metrics", "Service", "create_app", "customer_features"]
 
 log = logging.getLogger("touchpoint.serving")
 
@@ -399,25 +400,48 @@ def create_app(
     *,
     store: HistoryStore | None = None,
     decision_log: DecisionLog | None = None,
+    model_source: ModelSource | None = None,
+    model_ident: str | None = None,
 ) -> FastAPI:
     """The FastAPI app.  Nothing is opened or loaded until the lifespan starts.
 
     ``store`` and ``decision_log`` replace the SQLite ones built from ``settings`` (tests,
-    other backends).
+    other backends).  ``model_source`` (e.g. ``training.registry_source``'s registry
+    alias, which the CLI passes) is polled every ``reload_poll_seconds`` and a new model
+    it points at is loaded and swapped in; ``model_ident`` names the one served at start.
     """
     metrics = Metrics()
+
+    def report(status: str, ident: str | None, error: BaseException | None) -> None:
+        if status == RELOADED:
+            metrics.observe_reload("ok")
+        elif status == FAILED:
+            metrics.observe_reload("failed")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = Service(settings, metrics, store=store, decision_log=decision_log)
         app.state.service = service
+        watcher: ModelWatcher | None = None
         try:
             await run_in_threadpool(service.load_files)
             model = await run_in_threadpool(load_model, settings.model)
             service.set_model(model)
             log.info("serving model %s from %s", model.version, model.path)
+            if model_source is not None and settings.reload_poll_seconds > 0:
+                watcher = ModelWatcher(
+                    model_source,
+                    service.reload,
+                    interval=settings.reload_poll_seconds,
+                    initial=model_ident,
+                    on_result=report,
+                ).start()
+            app.state.watcher = watcher
             yield
         finally:
+            if watcher is not None:
+                await run_in_threadpool(watcher.stop)  # joins the thread: keep it off the loop
+            app.state.watcher = None
             app.state.service = None
             service.close()
 
@@ -428,6 +452,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = None
+    app.state.watcher = None
     app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
@@ -509,9 +534,13 @@ def create_app(
         responses={409: {"description": "the new bundle failed to load; the old one serves"}},
     )
     def reload_model(
-        service: ServiceDep, _: ApiKeyDep, body: ReloadRequest | None = None
+        request: Request, service: ServiceDep, _: ApiKeyDep, body: ReloadRequest | None = None
     ) -> ReloadResponse:
-        """Load a bundle (default: the configured one again) and swap it in atomically."""
+        """Load a bundle (default: the configured one again, or, when the service follows a
+        registry alias, the version the alias points at now) and swap it in atomically."""
+        watcher: ModelWatcher | None = request.app.state.watcher
+        if watcher is not None and (body is None or not body.model):
+            return _reload_from_source(service, watcher)
         path = Path(body.model) if body is not None and body.model else settings.model
         current = service.model
         try:
@@ -537,18 +566,28 @@ def create_app(
     return app
 
 
-def serve(settings: ServingSettings) -> None:
-    """Run the service with uvicorn (one worker; uvloop and httptools when installed)."""
-    import uvicorn
-
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="auto",
-        http="auto",
-        access_log=settings.access_log,
-        workers=1,
+def _reload_from_source(service: Service, watcher: ModelWatcher) -> ReloadResponse:
+    """``POST /admin/reload`` without a body when a registry alias is followed: check the
+    alias now (retrying a version that failed before) rather than reload the folder that
+    was downloaded at startup, which would quietly go back to an older version."""
+    before = service.model
+    result = watcher.check_now(force=True)  # the watcher's hook counts the reload metric
+    if result.status == FAILED:
+        raise HTTPException(
+            status_code=409,
+            detail={
+                "error": f"{type(result.error).__name__}: {result.error}",
+                "model_version": None if before is None else before.version,
+                "message": "the new bundle failed to load; the previous model keeps serving",
+            },
+        )
+    now = service.model
+    if now is None:  # not reachable: routes only run once a model is loaded
+        raise HTTPException(status_code=503, detail="no model loaded")
+    return ReloadResponse(
+        model_version=now.version,
+        previous_version="" if before is None else before.version,
+        path=str(now.path),
     )
 
 

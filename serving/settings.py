@@ -36,6 +36,12 @@ class ServingSettings(BaseSettings):
         default=None,
         description="Key required by POST /v1/events and /admin/reload; None = open.",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes sharing the port (about one per core; see docs).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     default_k: int = Field(default=3, ge=1, le=20)
@@ -49,3 +55,9 @@ class ServingSettings(BaseSettings):
     )
     max_batch: int = Field(default=1000, ge=1, le=1000)
     access_log: bool = Field(default=False, description="uvicorn access log (costs ~37% rps).")
+    reload_poll_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds between checks of the registry alias given as --model "
+        "(models:/name@alias); 0 = off.  Ignored for bundle folders.",
+    )

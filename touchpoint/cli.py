@@ -270,22 +270,45 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from serving.app import serve
+    from serving.server import serve
     from serving.settings import ServingSettings
 
-    options: dict[str, Any] = {"model": resolve_model(args.model)}
+    source, ident, model_path = _model_to_serve(args.model)
+    options: dict[str, Any] = {"model": model_path}
     for name, value in (
         ("events_path", args.events),
         ("customers_path", args.customers),
         ("host", args.host),
         ("port", args.port),
+        ("workers", args.workers),
     ):
         if value is not None:  # unset options come from TOUCHPOINT_* variables or defaults
             options[name] = value
     settings = ServingSettings(**options)
-    log(f"serving {settings.model} on http://{settings.host}:{settings.port} (docs at /docs)")
-    serve(settings)
+    if source is not None and settings.reload_poll_seconds > 0:
+        log(
+            f"following {source.uri} (now version {ident}); checking for a new version "
+            f"every {settings.reload_poll_seconds:g}s"
+        )
+    log(
+        f"serving {settings.model} on http://{settings.host}:{settings.port} (docs at /docs), "
+        f"{settings.workers} worker(s)"
+    )
+    serve(settings, model_source=source, model_ident=ident)
     return 0
+
+
+def _model_to_serve(model: str) -> tuple[Any, str | None, Path]:
+    """The registry alias to follow (or None), the version served now, and its folder."""
+    if model.startswith("models:/"):  # keeps the MLflow import off the plain-folder path
+        from training.registry_source import RegistryAliasSource
+
+        source = RegistryAliasSource.from_uri(model)  # None for a fixed version
+        if source is not None:
+            log(f"fetching {source.uri} from MLflow")
+            ident, path = source.resolve()
+            return source, ident, path
+    return None, None, resolve_model(model)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -597,6 +620,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--customers", help="customer attributes and consent (CSV or Parquet)")
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=count, help="port (default 8000)")
+    p.add_argument(
+        "--workers",
+        type=count,
+        help="worker processes sharing the port (default 1; about one per core)",
+    )
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("report", help="the experiment report of a training run, as one HTML page")

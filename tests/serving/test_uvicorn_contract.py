@@ -112,7 +112,7 @@ def _server_env(files: ServingFiles) -> dict[str, str]:
     return env
 
 
-def start_server(files: ServingFiles, tag: str) -> Server:
+def start_server(files: ServingFiles, tag: str, *extra: str) -> Server:
     """Start ``touchpoint serve`` on a free port and wait (bounded) until it is ready."""
     for _attempt in range(3):  # another process may grab the free port before uvicorn does
         port = _free_port()
@@ -124,7 +124,7 @@ def start_server(files: ServingFiles, tag: str) -> Server:
             "--events", str(files.events),
             "--customers", str(files.customers),
             "--host", HOST,
-            "--port", str(port),
+            "--port", str(port), *extra,
         ]  # fmt: skip
         with out.open("wb") as fout, err.open("wb") as ferr:
             process = subprocess.Popen(
@@ -722,3 +722,55 @@ def test_sigterm_stops_cleanly_and_the_store_survives_a_restart(
     finally:
         assert second.stop() in (0, -signal.SIGTERM), second.stderr()
     assert "Traceback" not in second.stderr(), second.stderr()
+
+
+def _children(pid: int) -> set[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def test_two_workers_share_the_port_the_store_and_the_log(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """``--workers 2``: two worker processes answer on one port; the startup events are in
+    the shared store; every decision of either worker is in the one decision log; SIGTERM
+    stops all of them."""
+    files = build_serving_files(tmp_path_factory.mktemp("workers"))
+    server = start_server(files, "workers", "--workers", "2")
+    try:
+        workers = _children(server.process.pid)
+        assert len(workers) == 2, server.stderr()
+        ids = []
+        for i in range(20):  # a new connection each time: the kernel spreads them
+            with httpx.Client(base_url=server.url, timeout=10.0, trust_env=False) as c:
+                ids.append(_rec(c, customer_id=["c1", "c2", "c3"][i % 3])["decision_id"])
+    finally:
+        status = server.stop()
+    assert status in (0, -signal.SIGTERM), server.stderr()
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a worker outlived stop"
+    assert "Traceback" not in server.stderr(), server.stderr()
+
+    from serving.decision_log import DecisionLog
+    from serving.store import SQLiteHistoryStore
+
+    log = DecisionLog(files.decision_log)
+    try:
+        assert sorted(log.frame()["decision_id"]) == sorted(ids)
+    finally:
+        log.close()
+    store = SQLiteHistoryStore(files.store)
+    try:
+        assert store.count() == len(pd.read_parquet(files.events))
+    finally:
+        store.close()
