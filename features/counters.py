@@ -396,14 +396,15 @@ def customer_event_arrays(
             token=np.zeros(0, dtype=np.int32),
             value=np.zeros(0, dtype=np.float64),
         )
-    codes = _online_codes(spec)
-    other_channel, other_token = len(spec.channels), spec.other_token_code
-    etype = np.array([TYPE_CODE.get(t, -1) for t in event_type], dtype=np.int8)
-    chan = np.array([codes.channel.get(c, other_channel) for c in channel], dtype=np.int16)
-    token = np.array(
-        [codes.token.get((c, t), other_token) for c, t in zip(channel, event_type, strict=True)],
-        dtype=np.int32,
-    )
+    coded = _online_codes(spec)
+    get = coded.get
+    # One dict lookup per event: (channel, type) -> (type code, channel index, token).
+    pairs = zip(channel, event_type, strict=True)
+    triples = [get(pair) or coded.add(spec, *pair) for pair in pairs]
+    table = np.array(triples, dtype=np.int32).reshape(n, 3)
+    etype = table[:, 0].astype(np.int8)
+    chan = table[:, 1].astype(np.int16)
+    token = table[:, 2]
     t = np.asarray(time, dtype=np.int64)
     val = np.asarray(value, dtype=np.float64)
     dt = np.diff(t)
@@ -424,24 +425,33 @@ def customer_event_arrays(
     )
 
 
-@dataclass(frozen=True)
-class _OnlineCodes:
-    channel: dict[str, int]
-    token: dict[tuple[str, str], int]
+class _OnlineCodes(dict[tuple[str, str], tuple[int, int, int]]):
+    """``(channel, event type) -> (type code, channel index, token code)``, filled lazily.
+
+    Memoized on the spec, so each pair is worked out once per model; the number of pairs is
+    bounded by the vocabularies (an unknown channel maps like any "other" channel).
+    """
+
+    def add(self, spec: FeatureSpec, channel: str, event_type: str) -> tuple[int, int, int]:
+        if len(self) > 4096:  # open vocabularies: keep the memo bounded
+            self.clear()
+        type_code = TYPE_CODE.get(event_type, -1)
+        chan_pos = {c: i for i, c in enumerate(spec.channels)}
+        vocab = spec._cache.get("online_token_vocab")
+        if vocab is None:
+            vocab = spec._cache["online_token_vocab"] = {
+                tok: i + 1 for i, tok in enumerate(spec.token_vocabulary)
+            }
+        token = vocab.get(f"{channel}:{event_type}", spec.other_token_code)
+        out = (type_code, chan_pos.get(channel, len(spec.channels)), token)
+        self[(channel, event_type)] = out
+        return out
 
 
 def _online_codes(spec: FeatureSpec) -> _OnlineCodes:
-    """Channel index and token code by name, memoized on the spec (built once per model)."""
     hit = spec._cache.get("online_codes")
     if hit is None:
-        vocab = {tok: i + 1 for i, tok in enumerate(spec.token_vocabulary)}
-        token = {}
-        for tok, code in vocab.items():
-            channel, _, event_type = tok.rpartition(":")  # types never hold ":"
-            token[(channel, event_type)] = code
-        hit = spec._cache["online_codes"] = _OnlineCodes(
-            channel={c: i for i, c in enumerate(spec.channels)}, token=token
-        )
+        hit = spec._cache["online_codes"] = _OnlineCodes()
     return hit
 
 

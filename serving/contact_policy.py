@@ -59,10 +59,10 @@ class ContactColumns:
     """Where the contact state sits in a feature row; computed once per model."""
 
     channels: tuple[str, ...]
-    days_since: list[int]
-    unsubscribed: list[int]
-    sends_in_window: list[int]
-    consent: list[int | None]  # None: the spec has no consent flag for the channel
+    days_since: np.ndarray  # intp column per channel
+    unsubscribed: np.ndarray
+    sends_in_window: np.ndarray
+    consent: np.ndarray  # -1: the spec has no consent flag for the channel (= given)
     total_in_window: int
 
 
@@ -79,12 +79,16 @@ def contact_columns(
             f"the feature spec has no {w}-day window, which contact_policy.window_days needs; "
             "retrain with this catalog"
         )
+
+    def cols(template: str) -> np.ndarray:
+        return np.array([index[template.format(c=c)] for c in channels], dtype=np.intp)
+
     return ContactColumns(
         channels=tuple(channels),
-        days_since=[index[f"ch_{c}_days_since_send"] for c in channels],
-        unsubscribed=[index[f"ch_{c}_unsubscribed"] for c in channels],
-        sends_in_window=[index[f"ch_{c}_sends_{w}d"] for c in channels],
-        consent=[index.get(f"consent_{c}") for c in channels],
+        days_since=cols("ch_{c}_days_since_send"),
+        unsubscribed=cols("ch_{c}_unsubscribed"),
+        sends_in_window=cols(f"ch_{{c}}_sends_{w}d"),
+        consent=np.array([index.get(f"consent_{c}", -1) for c in channels], dtype=np.intp),
         total_in_window=index[total_name],
     )
 
@@ -97,10 +101,9 @@ def contact_state(X: np.ndarray, columns: ContactColumns) -> ContactState:
     one point-in-time implementation and costs nothing extra per request.
     """
     days_since = X[:, columns.days_since]
-    consent = np.ones((len(X), len(columns.channels)), dtype=bool)
-    for j, col in enumerate(columns.consent):
-        if col is not None:
-            consent[:, j] = X[:, col] != 0  # NaN (unknown) counts as consent given
+    # A channel without a consent column reads column 0 here and is then set to True.
+    consent = X[:, np.maximum(columns.consent, 0)] != 0  # NaN (unknown) counts as given
+    consent[:, columns.consent < 0] = True
     return ContactState(
         channels=columns.channels,
         consent=consent,
@@ -138,39 +141,68 @@ def in_quiet_hours(
     return (hour >= quiet.start) | (hour < quiet.end)  # wraps past midnight
 
 
+@dataclass(frozen=True)
+class ActionRules:
+    """Per action, what the rules compare against; computed once per model."""
+
+    has_channel: np.ndarray  # bool (n_actions,): False for no action
+    column: np.ndarray  # intp (n_actions,): the action's channel in ContactState arrays
+    cap: np.ndarray  # int (n_actions,): the channel's cap per window
+    quiet: np.ndarray  # bool (n_actions,): the channel observes the quiet hours
+
+
+def action_rules(
+    state_channels: Sequence[str], action_channels: Sequence[str | None], policy: ContactPolicy
+) -> ActionRules:
+    """:class:`ActionRules` of actions on ``action_channels`` (None for no action)."""
+    chan_index = {c: j for j, c in enumerate(state_channels)}
+    missing = [c for c in action_channels if c is not None and c not in chan_index]
+    if missing:
+        raise ValueError(f"action channel {missing[0]!r} has no contact state")
+    quiet_channels = set(policy.quiet_hours.channels) if policy.quiet_hours else set()
+    return ActionRules(
+        has_channel=np.array([c is not None for c in action_channels], dtype=bool),
+        column=np.array([chan_index[c] if c else 0 for c in action_channels], dtype=np.intp),
+        cap=np.array(
+            [
+                policy.channel_caps.get(c, policy.max_per_channel) if c else 0
+                for c in action_channels
+            ]
+        ),
+        quiet=np.array([c in quiet_channels for c in action_channels], dtype=bool),
+    )
+
+
 def suppression_codes(
     state: ContactState,
-    action_channels: Sequence[str | None],
+    action_channels: Sequence[str | None] | ActionRules,
     policy: ContactPolicy,
     quiet_now: np.ndarray,
 ) -> np.ndarray:
     """``(n_customers, n_actions)`` rule codes: 0 eligible, else ``RULES.index(rule) + 1``.
 
-    ``action_channels[a]`` is the channel of action ``a`` (None for no action).  Every rule
-    is evaluated for all actions at once; ``np.select`` keeps the first one that fails.
+    ``action_channels[a]`` is the channel of action ``a`` (None for no action), or their
+    precomputed :class:`ActionRules`.  Every rule is evaluated for all actions at once,
+    filled from the last rule to the first so that the first failing rule wins.
     """
-    n, n_actions = len(state.total_in_window), len(action_channels)
-    chan_index = {c: j for j, c in enumerate(state.channels)}
-    has_channel = np.array([c is not None for c in action_channels], dtype=bool)
-    missing = [c for c in action_channels if c is not None and c not in chan_index]
-    if missing:
-        raise ValueError(f"action channel {missing[0]!r} has no contact state")
-    col = np.array([chan_index[c] if c is not None else 0 for c in action_channels], np.intp)
-    caps = np.array(
-        [policy.channel_caps.get(c, policy.max_per_channel) if c else 0 for c in action_channels]
+    rules = (
+        action_channels
+        if isinstance(action_channels, ActionRules)
+        else action_rules(state.channels, action_channels, policy)
     )
-    quiet_channels = set(policy.quiet_hours.channels) if policy.quiet_hours else set()
-    quiet_action = np.array([c in quiet_channels for c in action_channels], dtype=bool)
-    checks = [
+    n, col = len(state.total_in_window), rules.column
+    checks = (
         ~state.consent[:, col],
         state.unsubscribed[:, col],
         state.hours_since_send[:, col] < policy.cooldown_hours,
-        state.sends_in_window[:, col] >= caps[None, :],
-        np.broadcast_to((state.total_in_window >= policy.max_total)[:, None], (n, n_actions)),
-        np.asarray(quiet_now, dtype=bool).reshape(-1, 1) & quiet_action[None, :],
-    ]
-    codes = np.select(checks, np.arange(1, len(checks) + 1, dtype=np.int8), 0).astype(np.int8)
-    codes[:, ~has_channel] = 0  # "no action" is never suppressed
+        state.sends_in_window[:, col] >= rules.cap,
+        (state.total_in_window >= policy.max_total)[:, None],
+        np.asarray(quiet_now, dtype=bool).reshape(-1, 1) & rules.quiet,
+    )
+    codes = np.zeros((n, len(col)), dtype=np.int8)
+    for rule_code in range(len(checks), 0, -1):
+        codes[np.broadcast_to(checks[rule_code - 1], codes.shape)] = rule_code
+    codes[:, ~rules.has_channel] = 0  # "no action" is never suppressed
     return codes
 
 

@@ -17,6 +17,7 @@ from serving.bundle import Bundle
 from serving.contact_policy import (
     RULES,
     action_channels,
+    action_rules,
     contact_columns,
     contact_state,
     in_quiet_hours,
@@ -68,6 +69,9 @@ class DecisionEngine:
         self.contact_columns = contact_columns(
             self.feature_names, channels=bundle.spec.channels, policy=catalog.contact_policy
         )
+        self.action_rules = action_rules(
+            bundle.spec.channels, self.channels, catalog.contact_policy
+        )
 
     def score(self, X: np.ndarray, decision_time: pd.Series | pd.Timestamp | int) -> ScoredRows:
         """Score feature rows (in ``spec.feature_names`` order) decided at ``decision_time``
@@ -78,7 +82,7 @@ class DecisionEngine:
         quiet = in_quiet_hours(policy, decision_time)
         if len(quiet) == 1 and len(X) > 1:
             quiet = np.repeat(quiet, len(X))
-        codes = suppression_codes(state, self.channels, policy, quiet)
+        codes = suppression_codes(state, self.action_rules, policy, quiet)
         p_conv = self.bundle.conversion.predict(X)
         p_churn = self.bundle.churn.predict(X)
         scores = expected_values(
