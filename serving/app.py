@@ -350,7 +350,9 @@ def _events_input_frame(events: list[EventIn]) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------- app
-def get_service(request: Request) -> Service:
+# The dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a
+# worker thread, two thread hops per request for what is an attribute lookup.
+async def get_service(request: Request) -> Service:
     service: Service | None = getattr(request.app.state, "service", None)
     if service is None:
         raise HTTPException(status_code=503, detail="the service is starting")
@@ -360,7 +362,7 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-def get_model(service: ServiceDep) -> LoadedModel:
+async def get_model(service: ServiceDep) -> LoadedModel:
     model = service.model
     if model is None:
         raise HTTPException(status_code=503, detail="no model loaded yet")
@@ -370,7 +372,7 @@ def get_model(service: ServiceDep) -> LoadedModel:
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
 
 
-def require_api_key(
+async def require_api_key(
     service: ServiceDep,
     x_api_key: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,

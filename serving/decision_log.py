@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pandas as pd
 
+from serving.decision_rewards import join_rewards
 from serving.store import SQLiteConnections
 
 __all__ = ["DecisionLog", "DecisionRecord", "OPE_COLUMNS"]
@@ -127,16 +128,22 @@ class DecisionLog:
             frame[c] = frame[c].astype(object)
         return frame
 
-    def export_parquet(self, path: str | Path) -> Path:
-        """Write the OPE-ready table (:data:`OPE_COLUMNS`) to Parquet; return the path.
+    def export_parquet(
+        self, path: str | Path, events: pd.DataFrame | None = None, *, conversion_days: int = 14
+    ) -> Path:
+        """Write the OPE-ready table to Parquet; return the path.
 
-        ``action`` is the chosen action and ``propensity`` its exact probability under the
-        serving policy (IPS weight ``1 / propensity``).  Join the reward from the events
-        whose ``decision_id`` matches.
+        Columns: :data:`OPE_COLUMNS`, then, when ``events`` are given, the reward columns of
+        :func:`serving.decision_rewards.join_rewards`.  ``action`` is the chosen action and
+        ``propensity`` its exact probability under the serving policy (IPS weight
+        ``1 / propensity``).
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.frame().to_parquet(path, index=False)
+        table = self.frame()
+        if events is not None:
+            table = join_rewards(table, events, conversion_days=conversion_days)
+        table.to_parquet(path, index=False)
         return path
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ COMMANDS = [
     "report",
     "hillstrom",
     "demo",
+    "decisions",
 ]
 
 
@@ -141,3 +142,41 @@ def test_a_missing_ground_truth_file_is_an_error_not_ignored(
     status = main(["train", "--events", str(path), "--ground-truth", str(tmp_path / "gt.parquet")])
     assert status == 2
     assert "--ground-truth" in capsys.readouterr().err
+
+
+def test_decisions_export_joins_rewards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from serving.decision_log import DecisionLog, DecisionRecord
+    from tests.conftest import make_events
+
+    log = DecisionLog(tmp_path / "decisions.db")
+    log.append(
+        [
+            DecisionRecord(
+                decision_id="d1",
+                decision_time=pd.Timestamp("2024-03-01 12:00", tz="UTC"),
+                customer_id="c1",
+                model_version="v1",
+                action="email_promo",
+                propensity=0.9,
+                candidates=[],
+                suppressed=[],
+            )
+        ]
+    )
+    log.close()
+    events = make_events([("c1", "2024-03-03 10:00", "web", "purchase", None, 25.0)])
+    events.to_parquet(tmp_path / "events.parquet")
+    out = tmp_path / "ope.parquet"
+    code = main(
+        ["decisions", "--log", str(tmp_path / "decisions.db"),
+         "--events", str(tmp_path / "events.parquet"), "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    table = pd.read_parquet(out)
+    assert table["converted"].tolist() == [True]
+    assert table["conversion_value"].tolist() == [25.0]
+
+    code = main(["decisions", "--log", str(tmp_path / "missing.db"), "--out", str(out)])
+    assert code == 2
+    assert "no such decision log" in capsys.readouterr().err
+    assert not (tmp_path / "missing.db").exists()

@@ -311,6 +311,29 @@ def _model_to_serve(model: str) -> tuple[Any, str | None, Path]:
     return None, None, resolve_model(model)
 
 
+def cmd_decisions(args: argparse.Namespace) -> int:
+    from features.catalog import load_catalog
+    from serving.decision_log import DecisionLog
+
+    path = Path(args.log)
+    if not path.is_file():  # DecisionLog would create an empty log: say so instead
+        raise BadInput(f"--log {args.log}: no such decision log")
+    catalog = load_catalog(args.catalog)
+    events = None
+    if args.events:
+        events, _, _ = _read_inputs(args, quarantine_next_to=None)
+    decisions = DecisionLog(path)
+    try:
+        log(f"{decisions.count():,} decisions in {path}")
+        out = decisions.export_parquet(
+            args.out, events, conversion_days=catalog.horizons.conversion_days
+        )
+    finally:
+        decisions.close()
+    print(out)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from training import tracking
     from training.report import QuarantineSummary, report_from_run
@@ -626,6 +649,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes sharing the port (default 1; about one per core)",
     )
     p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser(
+        "decisions", help="export the service's decision log, rewards joined, for evaluation"
+    )
+    p.add_argument("--log", required=True, help="decision log (the service's SQLite file)")
+    p.add_argument("--events", help="touchpoint log to join the outcomes from (CSV or Parquet)")
+    p.add_argument(
+        "--catalog", help="catalog YAML: its horizons.conversion_days (default: packaged)"
+    )
+    p.add_argument("--mapping", help="vocabulary mapping YAML for logs in another vocabulary")
+    p.add_argument("--strict", action="store_true", help="fail on any bad event row")
+    p.add_argument("--out", required=True, help="output Parquet file")
+    p.set_defaults(handler=cmd_decisions)
 
     p = sub.add_parser("report", help="the experiment report of a training run, as one HTML page")
     _add_input_args(p, catalog=False)
