@@ -40,6 +40,7 @@ from serving.bundle import Bundle, load_bundle
 from serving.contact_policy import RULES
 from serving.decision_log import DecisionLog, DecisionRecord
 from serving.engine import DecisionEngine
+from serving.fast_path import RecommendationFastPath
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.model_source import FAILED, RELOADED, ModelSource, ModelWatcher
 from serving.online_features import customer_features, request_features
@@ -456,7 +457,6 @@ def create_app(
     app.state.service = None
     app.state.watcher = None
     app.state.metrics = metrics
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
@@ -565,6 +565,10 @@ def create_app(
             path=str(new.path),
         )
 
+    # Middlewares added last run first: metrics time everything, including the shortcut.
+    route = next(r for r in app.routes if getattr(r, "path", None) == "/v1/recommendations")
+    app.add_middleware(RecommendationFastPath, route=route)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
 

@@ -1,0 +1,89 @@
+"""The ASGI shortcut answers only what FastAPI would answer with a 200 (serving.fast_path)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+
+from serving.app import RequestError
+from serving.fast_path import RecommendationFastPath
+
+
+class FakeService:
+    def __init__(self, fail: bool = False) -> None:
+        self.model = object()
+        self.calls: list[Any] = []
+        self.fail = fail
+
+    def recommend(self, requests: list[Any], model: object, batch: bool) -> list[dict[str, Any]]:
+        self.calls.append(requests[0])
+        if self.fail:
+            raise RequestError(["body", "events"], "bad inline events")
+        return [{"customer_id": requests[0].customer_id, "recommendations": []}]
+
+
+def _call(
+    service: FakeService | None, body: bytes, content_type: bytes = b"application/json"
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Run the middleware once; returns what it sent and the bodies the inner app read."""
+    inner_bodies: list[bytes] = []
+    sent: list[dict[str, Any]] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        inner_bodies.append(message["body"])
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b"fastapi"})
+
+    chunks = [body[:5], body[5:]]  # the body arrives in two messages
+
+    async def receive() -> dict[str, Any]:
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/recommendations",
+        "headers": [(b"content-type", content_type)],
+        "app": SimpleNamespace(state=SimpleNamespace(service=service)),
+    }
+    asyncio.run(RecommendationFastPath(inner, route="the-route")(scope, receive, send))
+    return sent, inner_bodies
+
+
+def test_a_valid_request_is_answered_directly() -> None:
+    service = FakeService()
+    sent, inner = _call(service, b'{"customer_id": " c1 ", "k": 2}')
+    assert inner == []  # FastAPI never saw it
+    assert sent[0]["status"] == 200
+    assert orjson.loads(sent[1]["body"]) == {"customer_id": "c1", "recommendations": []}
+    assert service.calls[0].k == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"customer_id": ""}', b'{"customer_id": "c1", "k": 0}', b'{"customer_id": "c1",', b""],
+)
+def test_what_does_not_validate_goes_to_fastapi_with_the_whole_body(body: bytes) -> None:
+    service = FakeService()
+    sent, inner = _call(service, body)
+    assert inner == [body] and sent[0]["status"] == 299
+    assert service.calls == []
+
+
+def test_other_content_types_and_service_errors_go_to_fastapi() -> None:
+    body = b'{"customer_id": "c1"}'
+    sent, inner = _call(FakeService(), body, content_type=b"text/plain")
+    assert inner == [body[:5]] and sent[0]["status"] == 299  # the stream, untouched
+    sent, inner = _call(FakeService(fail=True), body)
+    assert inner == [body] and sent[0]["status"] == 299
+    sent, inner = _call(None, body)  # not ready yet: FastAPI answers 503
+    assert inner == [body] and sent[0]["status"] == 299
