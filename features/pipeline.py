@@ -355,6 +355,7 @@ def compute_features(
     customers: pd.DataFrame | None = None,
     *,
     spec: FeatureSpec,
+    dtype: Any = np.float32,
 ) -> pd.DataFrame:
     """Point-in-time features of each decision point.
 
@@ -368,16 +369,19 @@ def compute_features(
         ``customer_id``, attributes, ``consent_<channel>``.
     spec : FeatureSpec
         The learned definition of the columns.
+    dtype : numpy dtype, default float32
+        Of the features; decisions take float64, so that the contact rules read exact
+        times (``serving.engine``), and round to float32 for the models.
 
     Returns
     -------
     DataFrame
         ``customer_id, decision_time, action`` as given, then ``spec.feature_names``
-        (float32), one row per row of ``decisions`` in the same order (RangeIndex).
+        (``dtype``), one row per row of ``decisions`` in the same order (RangeIndex).
         Every feature uses only the customer's events with ``timestamp < decision_time``.
     """
     ev = prepare_events(events, spec)
-    return _compute_features(ev, decisions, customers, spec)
+    return _compute_features(ev, decisions, customers, spec, dtype=dtype)
 
 
 def _compute_features(
@@ -385,12 +389,16 @@ def _compute_features(
     decisions: pd.DataFrame,
     customers: pd.DataFrame | None,
     spec: FeatureSpec,
+    *,
+    dtype: Any = np.float32,
 ) -> pd.DataFrame:
     ids = decisions["customer_id"]
     codes = map_customers(ids, ev.customer_ids)
     times = to_ns(decisions["decision_time"])
     consent, static = encode_customers(customers, ids, spec)
-    matrix = compute_feature_matrix(ev, codes, times, spec, consent=consent, static=static)
+    matrix = compute_feature_matrix(
+        ev, codes, times, spec, consent=consent, static=static, dtype=dtype
+    )
     keys = [c for c in schema.DECISION_KEY_COLUMNS if c in decisions]
     head = decisions if list(decisions.columns) == keys else decisions[keys]
     if not isinstance(head.index, pd.RangeIndex) or head.index.start != 0 or head.index.step != 1:

@@ -197,7 +197,8 @@ class Service:
         top = [chosen] + [a for a in ranked if a != chosen][: k - 1]
         explored = chosen != ranked[0]
         try:
-            reasons = explain(bundle, X[0], top)
+            # At the models' precision (float32, as in DecisionEngine.score).
+            reasons = explain(bundle, X[0].astype(np.float32).astype(np.float64), top)
         except Exception:  # reasons are an explanation, never a reason to fail the decision
             log.exception("explaining the decision failed")
             reasons = [[] for _ in top]

@@ -71,7 +71,10 @@ def recommend_batch(
             "action": NO_ACTION,
         }
     )
-    features = compute_features(events, decisions, customers, spec=engine.bundle.spec)
+    # float64: the contact rules read exact times off the features (serving.engine).
+    features = compute_features(
+        events, decisions, customers, spec=engine.bundle.spec, dtype=np.float64
+    )
     X = features[list(engine.bundle.spec.feature_names)].to_numpy(dtype=np.float64)
     del features
     scored = score_in_chunks(engine, X, as_of)

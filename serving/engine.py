@@ -78,7 +78,12 @@ class DecisionEngine:
         (a Series, one Timestamp, or one time in ns since the epoch, UTC)."""
         X = np.asarray(X, dtype=np.float64)
         policy = self.bundle.catalog.contact_policy
+        # The rules read the row as given: at decision time it is float64, so a cool-down
+        # is exact to the nanosecond, where float32 days are ~10 ms coarse near 2 days and
+        # could let a send 5 ms short of the cool-down through.
         state = contact_state(X, self.contact_columns)
+        # The models see the precision they were trained on (the float32 feature table).
+        X = X.astype(np.float32).astype(np.float64)
         quiet = in_quiet_hours(policy, decision_time)
         if len(quiet) == 1 and len(X) > 1:
             quiet = np.repeat(quiet, len(X))

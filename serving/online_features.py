@@ -37,8 +37,10 @@ def request_features(
 
     ``events`` must hold only events strictly before ``as_of_ns`` (the store's query and the
     inline path both cut there); ``attributes`` is the customer's stored record (None =
-    unknown customer: consent given, attributes missing).  float32 then float64, exactly
-    as the offline table is stored and scored.
+    unknown customer: consent given, attributes missing).  Computed in float64, as
+    ``touchpoint recommend`` does: the contact rules read exact times off the row, and
+    :meth:`serving.engine.DecisionEngine.score` rounds it to float32 (the offline table's
+    precision) for the models.
     """
     ev = customer_event_arrays(
         spec, customer_id, events.time, events.channel, events.event_type, events.value
@@ -51,8 +53,9 @@ def request_features(
         spec,
         consent=np.array([consent_row]) if spec.consent_channels else None,
         static=np.array([static_row]) if static_row else None,
+        dtype=np.float64,
     )
-    return np.ascontiguousarray(X, dtype=np.float64)
+    return np.ascontiguousarray(X)
 
 
 def customer_features(
