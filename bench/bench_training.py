@@ -15,9 +15,12 @@ rest chosen by a feature-dependent logging policy), and binary conversion (~10%)
 train / validation and then times, with the data generation outside the timed region:
 
 - the propensity model (:class:`training.propensity.PropensityModel`, its defaults);
-- the conversion model and the churn model (:func:`training.models.fit_outcome_model`, its
-  defaults: LightGBM parameters, 1000 rounds at most, early stopping after 50), each in the
-  requested formulation, calibration choice included.
+- the conversion and the churn model together (:func:`training.models.fit_outcome_models`,
+  as ``training.train`` fits them, with its defaults: LightGBM parameters, 1000 rounds at
+  most, early stopping after 50), in the requested formulation, calibration choice
+  included; its steps (binning, each booster) are recorded with their times.  With
+  ``--per-outcome``, :func:`training.models.fit_outcome_model` once per outcome instead (the
+  path before the Datasets were shared; the same models, timed per outcome).
 
 Peak RSS is reported twice: for the fit alone (the child resets ``VmHWM`` through
 ``/proc/self/clear_refs`` once the data is in memory, then reads it after the fit) and for the
@@ -49,6 +52,7 @@ from training.models import (  # noqa: E402
     DEFAULT_EARLY_STOPPING,
     DEFAULT_ROUNDS,
     fit_outcome_model,
+    fit_outcome_models,
 )
 from training.propensity import PropensityModel  # noqa: E402
 
@@ -226,7 +230,9 @@ def _rounds(best: dict[str, int]) -> dict[str, Any]:
     return out
 
 
-def run_child(rows: int, n_features: int, formulation: str, seed: int) -> dict[str, Any]:
+def run_child(
+    rows: int, n_features: int, formulation: str, seed: int, per_outcome: bool = False
+) -> dict[str, Any]:
     t = time.perf_counter()
     X, a, y_conv, y_churn, names = synthetic_table(rows, n_features, seed)
     perm = np.random.default_rng(seed + 1).permutation(rows)
@@ -262,25 +268,50 @@ def run_child(rows: int, n_features: int, formulation: str, seed: int) -> dict[s
     res["propensity_cpu_s"] = round(_cpu_seconds() - c, 2)
     res["propensity_rounds"] = prop.booster_.best_iteration
 
-    for target, yt, yv in (("conversion", yct, ycv), ("churn", yht, yhv)):
-        t, c = time.perf_counter(), _cpu_seconds()
-        _scorer, report = fit_outcome_model(
+    res["path"] = "per_outcome" if per_outcome else "shared"
+    t, c = time.perf_counter(), _cpu_seconds()
+    if per_outcome:
+        for target, yt, yv in (("conversion", yct, ycv), ("churn", yht, yhv)):
+            t1, c1 = time.perf_counter(), _cpu_seconds()
+            _scorer, report = fit_outcome_model(
+                Xt,
+                at,
+                yt,
+                Xv,
+                av,
+                yv,
+                actions=ACTIONS,
+                formulation=formulation,  # type: ignore[arg-type]
+                seed=seed,
+                feature_names=names,
+            )
+            res[f"{target}_s"] = round(time.perf_counter() - t1, 2)
+            res[f"{target}_cpu_s"] = round(_cpu_seconds() - c1, 2)
+            res[f"{target}_rounds"] = _rounds(report.best_iterations)
+            res[f"{target}_calibrated"] = report.calibrated
+            del _scorer
+    else:
+        steps: list[str] = []
+        fits = fit_outcome_models(
             Xt,
             at,
-            yt,
+            {"conversion": yct, "churn": yht},
             Xv,
             av,
-            yv,
+            {"conversion": ycv, "churn": yhv},
             actions=ACTIONS,
             formulation=formulation,  # type: ignore[arg-type]
             seed=seed,
             feature_names=names,
+            progress=steps.append,
         )
-        res[f"{target}_s"] = round(time.perf_counter() - t, 2)
-        res[f"{target}_cpu_s"] = round(_cpu_seconds() - c, 2)
-        res[f"{target}_rounds"] = _rounds(report.best_iterations)
-        res[f"{target}_calibrated"] = report.calibrated
-        del _scorer
+        for target, (_scorer, report) in fits.items():
+            res[f"{target}_rounds"] = _rounds(report.best_iterations)
+            res[f"{target}_calibrated"] = report.calibrated
+        res["outcome_steps"] = [step.strip() for step in steps]
+        del fits
+    res["outcomes_s"] = round(time.perf_counter() - t, 2)
+    res["outcomes_cpu_s"] = round(_cpu_seconds() - c, 2)
 
     res["total_s"] = round(time.perf_counter() - wall0, 2)
     res["total_cpu_s"] = round(_cpu_seconds() - cpu0, 2)
@@ -296,6 +327,7 @@ def run_child(rows: int, n_features: int, formulation: str, seed: int) -> dict[s
 def _measure(args: argparse.Namespace, formulation: str, repeat: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", formulation, "--rows", str(args.rows)]
     cmd += ["--features", str(args.features), "--seed", str(args.seed)]
+    cmd += ["--per-outcome"] if args.per_outcome else []
     env = os.environ.copy()
     if args.omp_wait_policy != "inherit":
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
@@ -330,8 +362,7 @@ COLUMNS = [
     ("rows", "rows (train/valid)"),
     ("features", "features"),
     ("propensity_s", "propensity s"),
-    ("conversion_s", "conversion s"),
-    ("churn_s", "churn s"),
+    ("outcomes_s", "conversion + churn s"),
     ("total_s", "total s"),
     ("total_cpu_s", "total CPU s"),
     ("rounds", "rounds conv / churn / prop"),
@@ -349,6 +380,8 @@ def _cell(res: dict[str, Any], key: str) -> str:
     if key == "rounds":
         conv, churn = res["conversion_rounds"]["summary"], res["churn_rounds"]["summary"]
         return f"{conv} / {churn} / {res['propensity_rounds']}"
+    if key == "outcomes_s" and res.get("path") == "per_outcome":
+        return f"{res['conversion_s']} + {res['churn_s']}"
     if key == "meets_target":
         return "yes" if res[key] else "no"
     if key == "load":
@@ -378,11 +411,18 @@ def main(argv: list[str] | None = None) -> int:
         help="OMP_WAIT_POLICY for the children; on a shared, busy machine the default (spinning)"
         " policy made LightGBM ~10x slower, `passive` avoids that",
     )
+    parser.add_argument(
+        "--per-outcome",
+        action="store_true",
+        help="fit conversion and churn with one fit_outcome_model call each (the path before "
+        "the Datasets were shared, for comparisons); default: fit_outcome_models, both at once",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(run_child(args.rows, args.features, args.child, args.seed)))
+        child = run_child(args.rows, args.features, args.child, args.seed, args.per_outcome)
+        print(json.dumps(child))
         return 0
     formulations = [f.strip() for f in args.formulations.split(",") if f.strip()]
     unknown = set(formulations) - set(FORMULATIONS)
@@ -402,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"uptime after:  {after}")
     print()
     print(markdown_table(results))
+    print()
+    for res in results:
+        if res.get("outcome_steps"):
+            print(f"{res['formulation']} (repeat {res['repeat']}), conversion + churn, by step:")
+            print("\n".join(f"  {step}" for step in res["outcome_steps"]))
     print()
     print(f"target: ≤ {TARGET_SECONDS:.0f} s for the full fit (propensity + conversion + churn)")
     print(f"reference (docs/MEASURED.md): {REFERENCE}")

@@ -33,7 +33,7 @@ from training.evaluation import (
     uplift_quality,
 )
 from training.labels import LabelWindows, label_decisions
-from training.models import FitReport, fit_outcome_model
+from training.models import FitReport, fit_outcome_models
 from training.propensity import PropensityModel
 
 Progress = Callable[[str], None]
@@ -168,26 +168,25 @@ def fit_and_evaluate(
     comparison: dict[str, float] = {}
     for formulation in candidates:
         progress(f"fitting conversion and churn models ({formulation} formulation)")
-        scorers = []
-        reports = {}
-        for target, y in (("conversion", y_conv), ("churn", y_churn)):
-            scorer, report = fit_outcome_model(
-                X[train_idx],
-                codes[train_idx],
-                y[train_idx],
-                X[valid_idx],
-                codes[valid_idx],
-                y[valid_idx],
-                actions=actions,
-                formulation=formulation,  # type: ignore[arg-type]
-                params=config.lgb_params,
-                num_rounds=config.num_rounds,
-                early_stopping=config.early_stopping,
-                seed=config.seed,
-                feature_names=list(spec.feature_names),
-            )
-            scorers.append(scorer)
-            reports[target] = report
+        # Both outcomes in one call: the same models as one fit per outcome, but LightGBM
+        # bins the training and validation features once for both.
+        fits = fit_outcome_models(
+            X[train_idx],
+            codes[train_idx],
+            {"conversion": y_conv[train_idx], "churn": y_churn[train_idx]},
+            X[valid_idx],
+            codes[valid_idx],
+            {"conversion": y_conv[valid_idx], "churn": y_churn[valid_idx]},
+            actions=actions,
+            formulation=formulation,  # type: ignore[arg-type]
+            params=config.lgb_params,
+            num_rounds=config.num_rounds,
+            early_stopping=config.early_stopping,
+            seed=config.seed,
+            feature_names=list(spec.feature_names),
+        )
+        scorers = [fits["conversion"][0], fits["churn"][0]]
+        reports = {target: report for target, (_scorer, report) in fits.items()}
         fitted[formulation] = (scorers[0], scorers[1], reports)
         if len(candidates) > 1:
             engine = _engine(scorers[0], scorers[1], spec, catalog, bundle_dir, model_version)

@@ -1,0 +1,145 @@
+"""The shared-Dataset fit (``fit_outcome_models``) gives the same models as
+``fit_outcome_model`` once per outcome, and it bins each feature matrix only once.
+
+"Same" means the same bits: the same LightGBM model text (trees, thresholds, leaf
+values, parameters), the same best iterations, the same calibration and the same
+predictions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+from training.models import (
+    DEFAULT_PARAMS,
+    _SharedDatasets,
+    fit_outcome_model,
+    fit_outcome_models,
+)
+
+ACTIONS = ("none", "email_promo", "email_content", "sms_offer", "push_reminder", "phone_call")
+OUTCOMES = ("conversion", "churn")
+FIT_KW: dict[str, Any] = {"actions": ACTIONS, "num_rounds": 200, "early_stopping": 10, "seed": 3}
+
+
+def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Features with NaNs and small-integer codes, a logged action, two outcomes whose
+    action effects differ, so the offset booster has something to learn."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 30))
+    X[rng.random(X.shape) < 0.05] = np.nan
+    X[:, -3:] = rng.integers(0, 5, (n, 3))
+    a = np.where(rng.random(n) < 0.5, 0, rng.integers(1, len(ACTIONS), n)).astype(np.int64)
+    effect = np.array([0.0, 0.4, 0.2, -0.1, 0.3, 0.5])
+    Z = np.nan_to_num(X)
+    logit = {
+        "conversion": -2 + Z[:, 0] + 0.5 * Z[:, 1] + effect[a] * (Z[:, 2] > 0),
+        "churn": -2.5 - 0.7 * Z[:, 3] + 0.3 * effect[a],
+    }
+    y = {k: (rng.random(n) < 1 / (1 + np.exp(-v))).astype(np.float64) for k, v in logit.items()}
+    return X, a, y
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, Any]:
+    X, a, y = _data(6000, 0)
+    tr, va = slice(0, 4500), slice(4500, None)
+    return {
+        "train": (X[tr], a[tr], {k: v[tr] for k, v in y.items()}),
+        "valid": (X[va], a[va], {k: v[va] for k, v in y.items()}),
+        "query": _data(1000, 1)[:2],
+    }
+
+
+def _assert_same(one: tuple, shared: tuple, X: np.ndarray, a: np.ndarray) -> None:
+    (s1, r1), (s2, r2) = one, shared
+    assert r1 == r2  # best iterations, calibrated, both Brier scores
+    assert list(s1.boosters) == list(s2.boosters)
+    for key in s1.boosters:
+        assert s1.boosters[key].model_to_string() == s2.boosters[key].model_to_string(), key
+    assert s1.calibration == s2.calibration
+    assert s1.threads == s2.threads == 1  # the serving default, after a 2-thread batch
+    np.testing.assert_array_equal(s1.predict(X), s2.predict(X))
+    np.testing.assert_array_equal(s1.predict_logged(X, a), s2.predict_logged(X, a))
+
+
+@pytest.mark.parametrize("formulation", ["shared_offset", "single", "offset"])
+def test_shared_datasets_give_identical_models(data: dict, formulation: str) -> None:
+    (X, a, y), (Xv, av, yv) = data["train"], data["valid"]
+    shared = fit_outcome_models(X, a, y, Xv, av, yv, formulation=formulation, **FIT_KW)
+    assert list(shared) == list(OUTCOMES)
+    for outcome in OUTCOMES:
+        one = fit_outcome_model(
+            X, a, y[outcome], Xv, av, yv[outcome], formulation=formulation, **FIT_KW
+        )
+        _assert_same(one, shared[outcome], *data["query"])
+        # Early stopping did stop, and the offset booster learned something.
+        assert min(shared[outcome][1].best_iterations.values()) > 0
+        assert max(shared[outcome][1].best_iterations.values()) < FIT_KW["num_rounds"]
+
+
+def test_each_matrix_is_binned_once(data: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """shared_offset, two outcomes: X and [X, action], train and valid: four Datasets
+    built from data (``fit_outcome_model`` twice builds eight)."""
+    built: list[tuple[int, int]] = []
+    lazy_init = lgb.Dataset._lazy_init
+
+    def counting(self: lgb.Dataset, data: Any, **kwargs: Any) -> Any:
+        built.append(np.shape(data))
+        return lazy_init(self, data, **kwargs)
+
+    monkeypatch.setattr(lgb.Dataset, "_lazy_init", counting)
+    (X, a, y), (Xv, av, yv) = data["train"], data["valid"]
+    fit_outcome_models(X, a, y, Xv, av, yv, formulation="shared_offset", **FIT_KW)
+    n, nv, d = len(X), len(Xv), X.shape[1]
+    assert sorted(built) == sorted([(n, d), (nv, d), (n, d + 1), (nv, d + 1)])
+
+
+def test_shared_datasets_refuse_to_be_binned_again(data: dict) -> None:
+    """A booster whose dataset parameters differ would need new bins: an error, not a
+    silent second binning."""
+    (X, _a, y), (Xv, _av, yv) = data["train"], data["valid"]
+    params = {**DEFAULT_PARAMS, "seed": 0}
+    shared = _SharedDatasets(X, Xv, params, [f"f{i}" for i in range(X.shape[1])], [])
+    shared.train(y["churn"], yv["churn"], params, 5, 5)
+    with pytest.raises(lgb.basic.LightGBMError):
+        shared.train(y["churn"], yv["churn"], {**params, "max_bin": 63}, 5, 5)
+
+
+def test_outcomes_must_match(data: dict) -> None:
+    (X, a, y), (Xv, av, yv) = data["train"], data["valid"]
+    with pytest.raises(ValueError, match="outcomes differ"):
+        fit_outcome_models(X, a, y, Xv, av, {"conversion": yv["conversion"]}, **FIT_KW)
+
+
+def _trees(model_text: str) -> str:
+    """A LightGBM model's text without its parameters section."""
+    return model_text.split("\nparameters:\n")[0]
+
+
+def test_histogram_strategy_changes_no_tree(data: dict) -> None:
+    """DEFAULT_PARAMS force column-wise histograms (a speed setting); LightGBM's automatic
+    choice and forced row-wise histograms grow the same trees."""
+    (X, a, y), (Xv, av, yv) = data["train"], data["valid"]
+    shared = fit_outcome_models(X, a, y, Xv, av, yv, formulation="shared_offset", **FIT_KW)
+    for params in ({"force_col_wise": False}, {"force_row_wise": True}):
+        scorer, report = fit_outcome_model(
+            X,
+            a,
+            y["churn"],
+            Xv,
+            av,
+            yv["churn"],
+            formulation="shared_offset",
+            params=params,
+            **FIT_KW,
+        )
+        assert report == shared["churn"][1]
+        for key, booster in scorer.boosters.items():
+            text = shared["churn"][0].boosters[key].model_to_string()
+            assert _trees(booster.model_to_string()) == _trees(text)
+        np.testing.assert_array_equal(scorer.predict(X), shared["churn"][0].predict(X))
