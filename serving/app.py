@@ -551,14 +551,7 @@ def create_app(
         except Exception as exc:  # any failure leaves the old model serving
             service.metrics.observe_reload("failed")
             log.warning("reload of %s failed: %s", path, exc)
-            raise HTTPException(
-                status_code=409,
-                detail={
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "model_version": None if current is None else current.version,
-                    "message": "the new bundle failed to load; the previous model keeps serving",
-                },
-            ) from None
+            raise _reload_failed(exc, current) from None
         service.metrics.observe_reload("ok")
         return ReloadResponse(
             model_version=new.version,
@@ -573,6 +566,18 @@ def create_app(
     return app
 
 
+def _reload_failed(error: BaseException | None, serving: LoadedModel | None) -> HTTPException:
+    """The 409 of a reload that failed: the error, and the version that keeps serving."""
+    return HTTPException(
+        status_code=409,
+        detail={
+            "error": f"{type(error).__name__}: {error}",
+            "model_version": None if serving is None else serving.version,
+            "message": "the new bundle failed to load; the previous model keeps serving",
+        },
+    )
+
+
 def _reload_from_source(service: Service, watcher: ModelWatcher) -> ReloadResponse:
     """``POST /admin/reload`` without a body when a registry alias is followed: check the
     alias now (retrying a version that failed before) rather than reload the folder that
@@ -580,14 +585,7 @@ def _reload_from_source(service: Service, watcher: ModelWatcher) -> ReloadRespon
     before = service.model
     result = watcher.check_now(force=True)  # the watcher's hook counts the reload metric
     if result.status == FAILED:
-        raise HTTPException(
-            status_code=409,
-            detail={
-                "error": f"{type(result.error).__name__}: {result.error}",
-                "model_version": None if before is None else before.version,
-                "message": "the new bundle failed to load; the previous model keeps serving",
-            },
-        )
+        raise _reload_failed(result.error, before)
     now = service.model
     if now is None:  # not reachable: routes only run once a model is loaded
         raise HTTPException(status_code=503, detail="no model loaded")
