@@ -198,7 +198,13 @@ class Service:
         explored = chosen != ranked[0]
         try:
             # At the models' precision (float32, as in DecisionEngine.score).
-            reasons = explain(bundle, X[0].astype(np.float32).astype(np.float64), top)
+            reasons = explain(
+                bundle,
+                X[0].astype(np.float32).astype(np.float64),
+                top,
+                p_conversion=scored.p_conversion[0, top],
+                p_churn=scored.p_churn[0, top],
+            )
         except Exception:  # reasons are an explanation, never a reason to fail the decision
             log.exception("explaining the decision failed")
             reasons = [[] for _ in top]

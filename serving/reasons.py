@@ -1,17 +1,24 @@
 """Readable reasons for a recommendation: which features make this action pay.
 
-The policy ranks actions by their *uplift* over no action, so that is what a reason
-explains.  For an action ``a``, the reasons are the features with the largest LightGBM
-``pred_contrib`` (SHAP, log-odds) contributions to
+The policy ranks actions by expected value against no action,
 
-    logit P(conversion | x, a) - logit P(conversion | x, none)
+    score(a) = V * (p_conv(a) - p_conv(none)) - C * (p_churn(a) - p_churn(none)) - cost(a),
 
-and for ``none`` itself, to ``logit P(conversion | x, none)`` (why the customer converts,
-or not, if left alone).  In the ``offset`` and ``shared_offset`` formulations the pooled
-base model is common to every action and cancels in the difference, so only the small
-offset booster is explained: a tenth of the cost of explaining the whole model, and
-reasons that differ between actions instead of repeating the base model's.
-Calibration is monotone, so the raw model's contributions keep their sign.
+so a reason names a feature that moves that score.  For each outcome, LightGBM's
+``pred_contrib`` (SHAP, log-odds) splits the action's uplift in log-odds,
+``logit p(x, a) - logit p(x, none)``, over the features; each contribution is then put in
+the score's units with the slope of the probability, ``V * p(1 - p)`` for conversion and
+``-C * p(1 - p)`` for churn (first order), so that a conversion reason and a churn reason
+can be ranked against each other.  The text shows the log-odds contribution and which
+odds it moves: ``ch_email_open_rate=0.42 raises conversion odds over no action (+0.31)``,
+``days_since_last_event=12 lowers churn odds over no action (-0.20)``.
+
+For ``none`` itself the reasons explain ``logit p(x, none)`` of each outcome: why the
+customer would convert, or churn, if left alone.  In the ``offset`` and ``shared_offset``
+formulations the pooled base model is common to every action and cancels in the uplift,
+so only the small offset boosters are explained: reasons that differ between actions,
+at a fraction of the cost of explaining the whole models.  Calibration is monotone, so
+the raw models' contributions keep their sign.
 """
 
 from __future__ import annotations
@@ -23,39 +30,61 @@ import numpy as np
 from features.schema import STAGES
 from features.spec import FeatureSpec
 from serving.bundle import Bundle
+from serving.scoring import OutcomeScorer
 
 __all__ = ["contributions", "explain"]
 
+#: Contributions smaller than this (log-odds) are treated as none.
+_ZERO = 1e-12
+
 
 def explain(
-    bundle: Bundle, x: np.ndarray, codes: Sequence[int], *, top: int = 3
+    bundle: Bundle,
+    x: np.ndarray,
+    codes: Sequence[int],
+    *,
+    p_conversion: Sequence[float] | np.ndarray | None = None,
+    p_churn: Sequence[float] | np.ndarray | None = None,
+    top: int = 3,
 ) -> list[list[str]]:
     """Reasons for each action code in ``codes`` (see the module docstring), best first.
 
-    ``x`` is one feature row in ``spec.feature_names`` order; returns one list of at most
-    ``top`` readable strings per code.
+    ``x`` is one feature row in ``spec.feature_names`` order.  ``p_conversion`` and
+    ``p_churn`` are the probabilities of each code (for the slopes); without them both
+    outcomes are weighted by their value alone.  Returns one list of at most ``top``
+    readable strings per code.
     """
     codes = [int(c) for c in codes]
-    rows, contribs = contributions(bundle, x, codes)
+    objective = bundle.catalog.objective
+    rows, conv = contributions(bundle.conversion, x, codes)
+    _, churn = contributions(bundle.churn, x, codes)
+    pc = np.full(len(codes), 0.5) if p_conversion is None else np.asarray(p_conversion)
+    pch = np.full(len(codes), 0.5) if p_churn is None else np.asarray(p_churn)
+    weight_conv = objective.conversion_value * pc * (1 - pc)
+    weight_churn = -objective.churn_cost * pch * (1 - pch)
     names = [*bundle.spec.feature_names, "action"]
     actions = bundle.conversion.actions
-    return [
-        _readable(bundle, names, row, values, "" if code == 0 else " over no action", top, actions)
-        for code, row, values in zip(codes, rows, contribs, strict=True)
-    ]
+    out = []
+    for i, code in enumerate(codes):
+        suffix = "" if code == 0 else " over no action"
+        candidates = [
+            ("conversion", conv[i], weight_conv[i] * conv[i]),
+            ("churn", churn[i], weight_churn[i] * churn[i]),
+        ]
+        out.append(_readable(bundle.spec, names, rows[i], candidates, suffix, top, actions))
+    return out
 
 
 def contributions(
-    bundle: Bundle, x: np.ndarray, codes: Sequence[int]
+    scorer: OutcomeScorer, x: np.ndarray, codes: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The model rows ``(x, action)`` and the contributions that :func:`explain` ranks.
+    """The model rows ``(x, action)`` and one outcome's contributions that :func:`explain`
+    ranks.
 
     Returns two ``(len(codes), n_features + 1)`` arrays (the last column is the action).
     For code ``a > 0`` the row of contributions sums to ``logit p(x, a) - logit p(x, none)``
-    of the raw conversion model; for code 0, to ``logit p(x, none)`` minus the models'
-    bias.
+    of the raw model; for code 0, to ``logit p(x, none)`` minus the models' bias.
     """
-    scorer = bundle.conversion
     x = np.asarray(x, dtype=np.float64).reshape(1, -1)
     n = x.shape[1]
     # Rows to explain: every requested action plus `none` (code 0), each once.
@@ -64,8 +93,8 @@ def contributions(
     with_action = np.hstack(
         [np.repeat(x, len(wanted), axis=0), np.asarray(wanted, dtype=np.float64)[:, None]]
     )
-    # per[i, j]: contribution of column j to wanted[i]'s conversion log-odds, leaving out
-    # any part common to all actions (the base model of the offset formulations).
+    # per[i, j]: contribution of column j to wanted[i]'s log-odds, leaving out any part
+    # common to all actions (the base model of the offset formulations).
     per = np.zeros((len(wanted), n + 1))
     if scorer.formulation == "single":
         per[:] = scorer.contributions("all", with_action)
@@ -87,28 +116,34 @@ def contributions(
 
 
 def _readable(
-    bundle: Bundle,
+    spec: FeatureSpec,
     names: Sequence[str],
     row: np.ndarray,
-    values: np.ndarray,
+    candidates: Sequence[tuple[str, np.ndarray, np.ndarray]],
     suffix: str,
     top: int,
     actions: Sequence[str],
 ) -> list[str]:
-    """The ``top`` largest contributions as text.  The action's own column comes last:
-    "action=email_promo raises conversion odds over no action" is true but tells a
-    marketer nothing, so it is shown only when no feature moves the uplift."""
-    features = values[:-1]
-    order = [int(j) for j in np.argsort(-np.abs(features), kind="stable")[:top]]
-    order = [j for j in order if abs(features[j]) >= 1e-12] or [len(values) - 1]
+    """The ``top`` contributions with the largest effect on the score, as text.
+
+    ``candidates`` holds, per outcome, its log-odds contributions and the same in score
+    units.  The action's own column comes last: "action=email_promo raises conversion
+    odds over no action" is true but tells a marketer nothing, so it is shown only when
+    no feature moves the uplift.
+    """
+    ranked: list[tuple[float, str, int, float]] = []
+    fallback: list[tuple[float, str, int, float]] = []
+    action_col = len(names) - 1
+    for outcome, logodds, effect in candidates:
+        for col in np.flatnonzero(np.abs(logodds) >= _ZERO).tolist():
+            entry = (float(abs(effect[col])), outcome, col, float(logodds[col]))
+            (fallback if col == action_col else ranked).append(entry)
+    chosen = sorted(ranked, key=lambda e: -e[0])[:top] or sorted(fallback, key=lambda e: -e[0])[:1]
     reasons = []
-    for j in order:
-        c = float(values[j])
-        if abs(c) < 1e-12:
-            break
-        value = _readable_value(bundle.spec, names[j], float(row[j]), actions)
+    for _, outcome, col, c in chosen:
+        shown = _readable_value(spec, names[col], float(row[col]), actions)
         verb = "raises" if c > 0 else "lowers"
-        reasons.append(f"{names[j]}={value} {verb} conversion odds{suffix} ({c:+.2f})")
+        reasons.append(f"{names[col]}={shown} {verb} {outcome} odds{suffix} ({c:+.2f})")
     return reasons
 
 

@@ -1,4 +1,4 @@
-"""Reasons explain each action's conversion uplift over no action (serving.reasons)."""
+"""Reasons explain each action's score: its uplift over no action (serving.reasons)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,16 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     X = rng.normal(size=(600, n))
     action = rng.integers(0, len(ACTIONS), 600).astype(float)
     y = (0.3 * X[:, 1] + 2 * (action > 0) * X[:, 0] + rng.normal(size=600) > 0).astype(float)
+    # Churn depends on feature 2 and, for actions, on feature 3: other reasons than conversion.
+    y_churn = (0.3 * X[:, 2] - 2 * (action > 0) * X[:, 3] + rng.normal(size=600) > 1).astype(float)
+    churn = OutcomeScorer(
+        "shared_offset",
+        ACTIONS,
+        {
+            "base": _booster(X, y_churn),
+            "offset": _booster(np.column_stack([X, action]), y_churn, categorical=[n]),
+        },
+    )
     scorer = OutcomeScorer(
         "shared_offset",
         ACTIONS,
@@ -45,7 +55,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
         spec=spec,
         catalog=CATALOG,
         conversion=scorer,
-        churn=scorer,
+        churn=churn,
     )
     return load_bundle(folder)
 
@@ -56,32 +66,45 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 def test_action_contributions_add_up_to_the_uplift_in_log_odds(bundle: Bundle) -> None:
     """SHAP is additive, so an action's contributions decompose exactly its log-odds over
-    none: the base model, common to every action, drops out."""
+    none, for each outcome: the base model, common to every action, drops out."""
     x = np.random.default_rng(1).normal(size=bundle.spec.n_features)
     codes = list(range(1, len(ACTIONS)))
-    _, contrib = contributions(bundle, x, codes)
-    logit = _logit(bundle.conversion.predict_raw(x[None, :]))[0]
-    np.testing.assert_allclose(contrib.sum(axis=1), logit[codes] - logit[0], atol=1e-9)
+    for scorer in (bundle.conversion, bundle.churn):
+        _, contrib = contributions(scorer, x, codes)
+        logit = _logit(scorer.predict_raw(x[None, :]))[0]
+        np.testing.assert_allclose(contrib.sum(axis=1), logit[codes] - logit[0], atol=1e-9)
 
 
-def test_reasons_name_features_of_the_uplift(bundle: Bundle) -> None:
-    """An action's reasons are about its uplift; an action the model cannot tell from no
-    action at all (the same leaf in every tree) has none."""
+def test_reasons_rank_both_outcomes_by_their_effect_on_the_score(bundle: Bundle) -> None:
+    """The first reason is the feature with the largest effect on the score, whichever
+    outcome it acts through; an action the models cannot tell from no action has none."""
     rng = np.random.default_rng(2)
-    for _ in range(5):
+    objective = bundle.catalog.objective
+    codes = list(range(len(ACTIONS)))
+    seen = set()
+    for _ in range(8):
         x = rng.normal(size=bundle.spec.n_features)
-        codes = list(range(len(ACTIONS)))
-        reasons = explain(bundle, x, codes)
-        _, contrib = contributions(bundle, x, codes)
-        assert reasons[0]
-        assert not any("over no action" in text for text in reasons[0])
+        pc = bundle.conversion.predict(x[None, :])[0]
+        pch = bundle.churn.predict(x[None, :])[0]
+        reasons = explain(bundle, x, codes, p_conversion=pc, p_churn=pch)
+        _, conv = contributions(bundle.conversion, x, codes)
+        _, churn = contributions(bundle.churn, x, codes)
+        assert reasons[0] and not any("over no action" in t for t in reasons[0])
+        seen |= {o for o in ("conversion", "churn") for r in reasons for t in r if f" {o} " in t}
         for code in codes[1:]:
-            assert all(text.endswith(")") and "over no action" in text for text in reasons[code])
-            features = contrib[code, :-1]
-            if np.abs(contrib[code]).max() < 1e-12:
+            effect_conv = objective.conversion_value * pc[code] * (1 - pc[code]) * conv[code]
+            effect_churn = objective.churn_cost * pch[code] * (1 - pch[code]) * churn[code]
+            features = np.abs(np.concatenate([effect_conv[:-1], effect_churn[:-1]]))
+            if max(np.abs(conv[code]).max(), np.abs(churn[code]).max()) < 1e-12:
                 assert reasons[code] == []
-            elif np.abs(features).max() > 1e-12:  # a feature moves the uplift: it is named
-                best = bundle.spec.feature_names[int(np.argmax(np.abs(features)))]
-                assert reasons[code][0].startswith(f"{best}=")
-            else:  # nothing but the action itself differs from none
-                assert reasons[code] and reasons[code][0].startswith("action=")
+                continue
+            assert all("over no action" in t for t in reasons[code])
+            if features.max() > 0:
+                best = int(np.argmax(features))
+                outcome = "conversion" if best < len(effect_conv) - 1 else "churn"
+                name = bundle.spec.feature_names[best % (len(effect_conv) - 1)]
+                assert reasons[code][0].startswith(f"{name}=")
+                assert f" {outcome} odds over no action" in reasons[code][0]
+            else:
+                assert reasons[code][0].startswith("action=")
+    assert seen == {"conversion", "churn"}  # both kinds of reason occur
