@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         ranked = [int(a) for a in scored.ranked()[0] if scored.eligible[0, a]]
         top = [chosen] + [a for a in ranked if a != chosen][:2]
         t5 = time.perf_counter()
-        explain(bundle, X[0], top)
+        explain(bundle, X[0], top, versus=next((a for a in ranked if a != 0), None))
         t6 = time.perf_counter()
         request = RecommendationRequest(customer_id=cid, as_of=as_of.to_pydatetime())
         t7 = time.perf_counter()

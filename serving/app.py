@@ -95,7 +95,7 @@ def load_model(path: str | Path) -> LoadedModel:
     now = time.time_ns()
     X = request_features(bundle.spec, EventColumns.from_rows([]), None, "warm-up", now)
     engine.distribution(engine.score(X, now))
-    explain(bundle, X[0], range(len(bundle.actions)))
+    explain(bundle, X[0], range(len(bundle.actions)), versus=1)
     return LoadedModel(bundle=bundle, engine=engine, path=Path(path))
 
 
@@ -204,6 +204,7 @@ class Service:
                 top,
                 p_conversion=scored.p_conversion[0, top],
                 p_churn=scored.p_churn[0, top],
+                versus=next((a for a in ranked if a != 0), None),  # what `none` beats
             )
         except Exception:  # reasons are an explanation, never a reason to fail the decision
             log.exception("explaining the decision failed")

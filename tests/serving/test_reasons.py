@@ -28,11 +28,11 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     spec = FeatureSpec.from_data(history(), None, channels=CATALOG.channels)
     n = spec.n_features
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(600, n))
-    action = rng.integers(0, len(ACTIONS), 600).astype(float)
-    y = (0.3 * X[:, 1] + 2 * (action > 0) * X[:, 0] + rng.normal(size=600) > 0).astype(float)
+    X = rng.normal(size=(3000, n))
+    action = rng.integers(0, len(ACTIONS), 3000).astype(float)
+    y = (0.3 * X[:, 1] + 2 * (action > 0) * X[:, 0] + rng.normal(size=3000) > 0).astype(float)
     # Churn depends on feature 2 and, for actions, on feature 3: other reasons than conversion.
-    y_churn = (0.3 * X[:, 2] - 2 * (action > 0) * X[:, 3] + rng.normal(size=600) > 1).astype(float)
+    y_churn = (X[:, 2] - 2 * (action > 0) * X[:, 3] + rng.normal(size=3000) > 0).astype(float)
     churn = OutcomeScorer(
         "shared_offset",
         ACTIONS,
@@ -66,18 +66,22 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 def test_action_contributions_add_up_to_the_uplift_in_log_odds(bundle: Bundle) -> None:
     """SHAP is additive, so an action's contributions decompose exactly its log-odds over
-    none, for each outcome: the base model, common to every action, drops out."""
+    none, and none's its log-odds over ``versus``, for each outcome: the base model,
+    common to every action, drops out."""
     x = np.random.default_rng(1).normal(size=bundle.spec.n_features)
-    codes = list(range(1, len(ACTIONS)))
+    codes = list(range(len(ACTIONS)))
     for scorer in (bundle.conversion, bundle.churn):
-        _, contrib = contributions(scorer, x, codes)
+        _, contrib = contributions(scorer, x, codes, versus=3)
         logit = _logit(scorer.predict_raw(x[None, :]))[0]
-        np.testing.assert_allclose(contrib.sum(axis=1), logit[codes] - logit[0], atol=1e-9)
+        uplift = logit - logit[0]
+        uplift[0] = logit[0] - logit[3]
+        np.testing.assert_allclose(contrib.sum(axis=1), uplift, atol=1e-9)
 
 
 def test_reasons_rank_both_outcomes_by_their_effect_on_the_score(bundle: Bundle) -> None:
     """The first reason is the feature with the largest effect on the score, whichever
     outcome it acts through; an action the models cannot tell from no action has none."""
+    # (The weights use each code's own probabilities, as the service passes them.)
     rng = np.random.default_rng(2)
     objective = bundle.catalog.objective
     codes = list(range(len(ACTIONS)))
@@ -86,10 +90,12 @@ def test_reasons_rank_both_outcomes_by_their_effect_on_the_score(bundle: Bundle)
         x = rng.normal(size=bundle.spec.n_features)
         pc = bundle.conversion.predict(x[None, :])[0]
         pch = bundle.churn.predict(x[None, :])[0]
-        reasons = explain(bundle, x, codes, p_conversion=pc, p_churn=pch)
-        _, conv = contributions(bundle.conversion, x, codes)
-        _, churn = contributions(bundle.churn, x, codes)
-        assert reasons[0] and not any("over no action" in t for t in reasons[0])
+        reasons = explain(bundle, x, codes, p_conversion=pc, p_churn=pch, versus=2)
+        _, conv = contributions(bundle.conversion, x, codes, versus=2)
+        _, churn = contributions(bundle.churn, x, codes, versus=2)
+        # `none` is explained against the action it beats, here code 2.
+        assert all(t.endswith(")") and f"over {ACTIONS[2]} (" in t for t in reasons[0])
+        assert explain(bundle, x, [0])[0] == []  # nothing to compare with: no reasons
         seen |= {o for o in ("conversion", "churn") for r in reasons for t in r if f" {o} " in t}
         for code in codes[1:]:
             effect_conv = objective.conversion_value * pc[code] * (1 - pc[code]) * conv[code]
