@@ -139,16 +139,21 @@ def _readable(
     odds over no action" is true but tells a marketer nothing, so it is shown only when
     no feature moves the uplift.
     """
-    ranked: list[tuple[float, str, int, float]] = []
-    fallback: list[tuple[float, str, int, float]] = []
-    action_col = len(names) - 1
-    for outcome, logodds, effect in candidates:
-        for col in np.flatnonzero(np.abs(logodds) >= _ZERO).tolist():
-            entry = (float(abs(effect[col])), outcome, col, float(logodds[col]))
-            (fallback if col == action_col else ranked).append(entry)
-    chosen = sorted(ranked, key=lambda e: -e[0])[:top] or sorted(fallback, key=lambda e: -e[0])[:1]
+    # All (outcome, column) pairs at once in numpy; text is built for the chosen few only.
+    outcomes = [outcome for outcome, _, _ in candidates]
+    logodds = np.stack([lo for _, lo, _ in candidates])  # (n_outcomes, n_columns)
+    effect = np.abs(np.stack([e for _, _, e in candidates]))
+    present = np.abs(logodds) >= _ZERO
+    features = np.where(present[:, :-1], effect[:, :-1], -1.0).ravel()
+    order = np.argsort(-features, kind="stable")[:top]
+    picked = [divmod(int(k), logodds.shape[1] - 1) for k in order if features[k] >= 0]
+    if not picked:  # no feature moves the uplift: the action's own column, if anything
+        own = np.where(present[:, -1], effect[:, -1], -1.0)
+        if own.max() >= 0:
+            picked = [(int(np.argmax(own)), logodds.shape[1] - 1)]
+    chosen = [(outcomes[o], col, float(logodds[o, col])) for o, col in picked]
     reasons = []
-    for _, outcome, col, c in chosen:
+    for outcome, col, c in chosen:
         shown = _readable_value(spec, names[col], float(row[col]), actions)
         verb = "raises" if c > 0 else "lowers"
         reasons.append(f"{names[col]}={shown} {verb} {outcome} odds{suffix} ({c:+.2f})")
