@@ -180,3 +180,17 @@ def test_decisions_export_joins_rewards(tmp_path: Path, capsys: pytest.CaptureFi
     assert code == 2
     assert "no such decision log" in capsys.readouterr().err
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_serve_rejects_a_setting_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.serving.bundle_factory import save_tiny_bundle
+
+    bundle = save_tiny_bundle(tmp_path / "model", "v1")
+    assert main(["serve", "--model", str(bundle), "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid setting: workers: Input should be greater than or equal to 1 (got 0)" in err
+    monkeypatch.setenv("TOUCHPOINT_DEFAULT_K", "many")  # the environment is checked too
+    assert main(["serve", "--model", str(bundle)]) == 2
+    assert "default_k" in capsys.readouterr().err

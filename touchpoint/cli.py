@@ -270,6 +270,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from serving.server import serve
     from serving.settings import ServingSettings
 
@@ -284,7 +286,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ):
         if value is not None:  # unset options come from TOUCHPOINT_* variables or defaults
             options[name] = value
-    settings = ServingSettings(**options)
+    try:
+        settings = ServingSettings(**options)
+    except ValidationError as exc:  # an option or a TOUCHPOINT_* variable out of range
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors()
+        )
+        raise BadInput(f"invalid setting: {problems}") from None
     if source is not None and settings.reload_poll_seconds > 0:
         log(
             f"following {source.uri} (now version {ident}); checking for a new version "
