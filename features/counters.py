@@ -103,7 +103,7 @@ def _category_table(col: pd.Series) -> tuple[np.ndarray, list[str]]:
 def _vocab_tables(
     spec: FeatureSpec, channel_names: tuple[str, ...], type_names: tuple[str, ...]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Lookup tables from category codes, memoized on the spec (online calls reuse them).
+    """Lookup tables from category codes, memoized on the spec (repeated calls reuse them).
 
     Returns type code by type category, spec channel index by channel category, channel
     rank (name order) by channel category, token code by (channel category, type code);
@@ -343,7 +343,7 @@ def prepare_events(events: pd.DataFrame, spec: FeatureSpec) -> EventArrays:
             channel, token, value = channel[order], token[order], value[order]
 
     # Compact the customer codes to the customers present (a slice of a big categorical
-    # keeps all categories; online calls must not pay for them).
+    # keeps all categories; a slice of a few customers must not pay for them).
     if n:
         run_start = np.flatnonzero(np.r_[True, cust_codes[1:] != cust_codes[:-1]])
         present = cust_codes[run_start]
@@ -459,7 +459,7 @@ def map_customers(ids: pd.Series, customer_ids: np.ndarray | pd.Index) -> np.nda
     """Position of each id in ``customer_ids``; ids not there get ``len(customer_ids)``."""
     n_known = len(customer_ids)
     if len(ids) <= 32 and n_known <= 1024:
-        # Online calls: a dict beats building pandas hash tables.
+        # A few ids: a dict beats building pandas hash tables.
         known = {c: i for i, c in enumerate(customer_ids)}
         return np.array([known.get(str(x), n_known) for x in ids.tolist()], dtype=np.int64)
     index = pd.Index(customer_ids, dtype=object)

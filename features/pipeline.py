@@ -2,9 +2,10 @@
 
 * :func:`decision_points`: every ``sent`` event plus sampled "no action" moments.
 * :func:`compute_features`: the features of each decision point from the events strictly
-  before its ``decision_time``; the same call serves a whole table offline and one
-  customer's history online (serving passes that customer's events and a 1-row frame).
-* :func:`compute_feature_matrix`: the numpy core that :func:`compute_features` wraps.
+  before its ``decision_time``, for a whole table or a few rows.
+* :func:`compute_feature_matrix`: the numpy core that :func:`compute_features` wraps, and
+  that serving calls directly on one customer's arrays
+  (:func:`features.counters.customer_event_arrays`, :func:`encode_customer_record`).
 * :func:`build_feature_table`: both steps, as ``touchpoint features`` does.
 
 docs/FEATURES.md defines every column.
@@ -288,7 +289,7 @@ def _consent_value(raw: Any) -> float:
 def _encode_small(
     customers: pd.DataFrame, ids: pd.Series, spec: FeatureSpec
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """:func:`encode_customers` for a few rows in plain Python (the online path)."""
+    """:func:`encode_customers` for a few rows, one record at a time (cheaper than pandas)."""
     record_of: dict[str, dict[Any, Any]] = {}
     for record in customers.to_dict("records"):
         record_of.setdefault(str(record["customer_id"]), record)

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,7 +34,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from features.counters import NS_PER_DAY, to_ns
 from features.ingest import IngestError, normalize_events, read_customers, read_events
-from features.schema import NO_ACTION
 from serving.bundle import Bundle, load_bundle
 from serving.contact_policy import RULES
 from serving.decision_log import DecisionLog, DecisionRecord
@@ -56,6 +54,7 @@ from serving.schemas import (
     RecommendationResponse,
     ReloadRequest,
     ReloadResponse,
+    RequestError,
     RowError,
 )
 from serving.settings import ServingSettings
@@ -79,11 +78,6 @@ class LoadedModel:
     def version(self) -> str:
         return self.bundle.model_version
 
-    @cached_property
-    def channel_names(self) -> list[str]:
-        """Channel of each action code, ``none`` for no action (the response's ``channel``)."""
-        return [c or NO_ACTION for c in self.engine.channels]
-
 
 def load_model(path: str | Path) -> LoadedModel:
     """Load a bundle and check that it can score (a decision for a customer with no history).
@@ -97,19 +91,6 @@ def load_model(path: str | Path) -> LoadedModel:
     engine.distribution(engine.score(X, now))
     explain(bundle, X[0], range(len(bundle.actions)), versus=1)
     return LoadedModel(bundle=bundle, engine=engine, path=Path(path))
-
-
-class RequestError(Exception):
-    """A request that is well-formed JSON but breaks the contract; becomes a 422."""
-
-    def __init__(self, loc: Sequence[str | int], msg: str, type_: str = "value_error") -> None:
-        super().__init__(msg)
-        self.loc = list(loc)
-        self.msg = msg
-        self.type = type_
-
-    def detail(self) -> list[dict[str, Any]]:
-        return [{"loc": self.loc, "msg": self.msg, "type": self.type}]
 
 
 class Service:
@@ -210,7 +191,7 @@ class Service:
             log.exception("explaining the decision failed")
             reasons = [[] for _ in top]
         actions = engine.actions
-        channels = model.channel_names
+        channels = engine.channel_names
         scores = scored.scores[0].tolist()
         p_conv = scored.p_conversion[0].tolist()
         p_churn = scored.p_churn[0].tolist()

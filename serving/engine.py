@@ -8,6 +8,7 @@ so what is evaluated is exactly what serves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -73,6 +74,11 @@ class DecisionEngine:
             bundle.spec.channels, self.channels, catalog.contact_policy
         )
 
+    @cached_property
+    def channel_names(self) -> list[str]:
+        """Channel of each action code as responses show it (``none`` for no action)."""
+        return [c or NO_ACTION for c in self.channels]
+
     def score(self, X: np.ndarray, decision_time: pd.Series | pd.Timestamp | int) -> ScoredRows:
         """Score feature rows (in ``spec.feature_names`` order) decided at ``decision_time``
         (a Series, one Timestamp, or one time in ns since the epoch, UTC)."""
@@ -84,9 +90,7 @@ class DecisionEngine:
         state = contact_state(X, self.contact_columns)
         # The models see the precision they were trained on (the float32 feature table).
         X = X.astype(np.float32).astype(np.float64)
-        quiet = in_quiet_hours(policy, decision_time)
-        if len(quiet) == 1 and len(X) > 1:
-            quiet = np.repeat(quiet, len(X))
+        quiet = in_quiet_hours(policy, decision_time)  # one value broadcasts over the rows
         codes = suppression_codes(state, self.action_rules, policy, quiet)
         p_conv = self.bundle.conversion.predict(X)
         p_churn = self.bundle.churn.predict(X)
@@ -121,7 +125,7 @@ class DecisionEngine:
                 "customer_id": customer_ids.to_numpy()[rows],
                 "rank": rank,
                 "action": np.asarray(self.actions, dtype=object)[codes],
-                "channel": np.asarray([c or NO_ACTION for c in self.channels], dtype=object)[codes],
+                "channel": np.asarray(self.channel_names, dtype=object)[codes],
                 "score": scored.scores[rows, codes],
                 "p_conversion": scored.p_conversion[rows, codes],
                 "p_churn": scored.p_churn[rows, codes],

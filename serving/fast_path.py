@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from serving.schemas import RecommendationRequest
+from serving.schemas import RecommendationRequest, RequestError
 
 __all__ = ["RecommendationFastPath"]
 
@@ -55,8 +55,6 @@ class RecommendationFastPath:
             return
         body, complete = await _read_body(receive)
         replay = _replay(body, complete, receive)
-        from serving.app import RequestError  # the app module imports this one
-
         service = getattr(scope["app"].state, "service", None) if "app" in scope else None
         model = None if service is None else service.model
         if service is None or model is None or not complete:

@@ -8,6 +8,7 @@ whole request.  Unknown fields are rejected (a misspelt field would otherwise va
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "Recommendation",
     "RecommendationRequest",
     "RecommendationResponse",
+    "RequestError",
     "RowError",
     "Suppression",
 ]
@@ -34,6 +36,19 @@ MAX_BATCH = 1000
 MAX_EVENTS = 10_000
 
 CustomerId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+
+
+class RequestError(Exception):
+    """A request that is well-formed JSON but breaks the contract; becomes a 422."""
+
+    def __init__(self, loc: Sequence[str | int], msg: str, type_: str = "value_error") -> None:
+        super().__init__(msg)
+        self.loc = list(loc)
+        self.msg = msg
+        self.type = type_
+
+    def detail(self) -> list[dict[str, Any]]:
+        return [{"loc": self.loc, "msg": self.msg, "type": self.type}]
 
 
 class _Strict(BaseModel):

@@ -6,7 +6,7 @@ never anything model-specific: a new model needs no migration.
 
 :class:`HistoryStore` is the interface the app depends on; :class:`SQLiteHistoryStore` is
 the implementation shipped (one file, WAL mode, good for one host).  A PostgreSQL or
-Redis store implements the same four methods and the engine never notices.
+Redis store implements the same five methods and the engine never notices.
 
 Idempotence
 -----------
@@ -98,16 +98,6 @@ class HistoryStore(Protocol):
 
     def add(self, events: pd.DataFrame) -> tuple[int, int]:
         """Store canonical events; return ``(accepted, duplicates)``."""
-        ...
-
-    def history(
-        self, customer_id: str, before: pd.Timestamp, since: pd.Timestamp | None = None
-    ) -> pd.DataFrame:
-        """The customer's events with ``since <= timestamp < before`` (canonical table)."""
-        ...
-
-    def customers(self, ids: Sequence[str]) -> pd.DataFrame:
-        """``customer_id`` plus the stored attributes of the known ids (unknown ids: no row)."""
         ...
 
     def load_customers(self, customers: pd.DataFrame) -> int:

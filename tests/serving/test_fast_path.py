@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from serving.app import RequestError
 from serving.fast_path import RecommendationFastPath
+from serving.schemas import RequestError
 
 
 class FakeService:
