@@ -38,6 +38,8 @@ __all__ = ["contributions", "explain"]
 
 #: Contributions smaller than this (log-odds) are treated as none.
 _ZERO = 1e-12
+#: The outcomes in the order of the contribution arrays.
+_OUTCOMES = ("conversion", "churn")
 
 
 def explain(
@@ -65,9 +67,12 @@ def explain(
     actions = bundle.conversion.actions
     pc = np.full(len(codes), 0.5) if p_conversion is None else np.asarray(p_conversion)
     pch = np.full(len(codes), 0.5) if p_churn is None else np.asarray(p_churn)
-    weight_conv = objective.conversion_value * pc * (1 - pc)
-    weight_churn = -objective.churn_cost * pch * (1 - pch)
-    names = [*bundle.spec.feature_names, "action"]
+    weight = np.column_stack(
+        [objective.conversion_value * pc * (1 - pc), -objective.churn_cost * pch * (1 - pch)]
+    )
+    logodds = np.stack([conv, churn], axis=1)  # (codes, outcomes, columns)
+    picked = _top_columns(logodds, weight[:, :, None] * logodds, top)
+    names = bundle.spec.feature_names
     out: list[list[str]] = []
     for i, code in enumerate(codes):
         if code != 0:
@@ -77,11 +82,14 @@ def explain(
         else:  # nothing else is eligible: the suppressions are the reasons
             out.append([])
             continue
-        candidates = [
-            ("conversion", conv[i], weight_conv[i] * conv[i]),
-            ("churn", churn[i], weight_churn[i] * churn[i]),
-        ]
-        out.append(_readable(bundle.spec, names, rows[i], candidates, suffix, top, actions))
+        reasons = []
+        for o, col in picked[i]:
+            name = names[col] if col < len(names) else "action"
+            shown = _readable_value(bundle.spec, name, float(rows[i, col]), actions)
+            c = float(logodds[i, o, col])
+            verb = "raises" if c > 0 else "lowers"
+            reasons.append(f"{name}={shown} {verb} {_OUTCOMES[o]} odds{suffix} ({c:+.2f})")
+        out.append(reasons)
     return out
 
 
@@ -123,41 +131,27 @@ def contributions(
     return with_action[[at[c] for c in codes]], out
 
 
-def _readable(
-    spec: FeatureSpec,
-    names: Sequence[str],
-    row: np.ndarray,
-    candidates: Sequence[tuple[str, np.ndarray, np.ndarray]],
-    suffix: str,
-    top: int,
-    actions: Sequence[str],
-) -> list[str]:
-    """The ``top`` contributions with the largest effect on the score, as text.
+def _top_columns(logodds: np.ndarray, effect: np.ndarray, top: int) -> list[list[tuple[int, int]]]:
+    """Per code, the ``top`` (outcome, column) pairs with the largest effect on the score.
 
-    ``candidates`` holds, per outcome, its log-odds contributions and the same in score
-    units.  The action's own column comes last: "action=email_promo raises conversion
-    odds over no action" is true but tells a marketer nothing, so it is shown only when
-    no feature moves the uplift.
+    ``logodds`` and ``effect`` are ``(codes, outcomes, columns)``: contributions in
+    log-odds and in score units.  Every code is ranked in one ``argsort``.  The action's
+    own column comes last: "action=email_promo raises conversion odds over no action" is
+    true but tells a marketer nothing, so it is shown only when no feature moves the uplift.
     """
-    # All (outcome, column) pairs at once in numpy; text is built for the chosen few only.
-    outcomes = [outcome for outcome, _, _ in candidates]
-    logodds = np.stack([lo for _, lo, _ in candidates])  # (n_outcomes, n_columns)
-    effect = np.abs(np.stack([e for _, _, e in candidates]))
+    m, n_out, n_col = logodds.shape
     present = np.abs(logodds) >= _ZERO
-    features = np.where(present[:, :-1], effect[:, :-1], -1.0).ravel()
-    order = np.argsort(-features, kind="stable")[:top]
-    picked = [divmod(int(k), logodds.shape[1] - 1) for k in order if features[k] >= 0]
-    if not picked:  # no feature moves the uplift: the action's own column, if anything
-        own = np.where(present[:, -1], effect[:, -1], -1.0)
-        if own.max() >= 0:
-            picked = [(int(np.argmax(own)), logodds.shape[1] - 1)]
-    chosen = [(outcomes[o], col, float(logodds[o, col])) for o, col in picked]
-    reasons = []
-    for outcome, col, c in chosen:
-        shown = _readable_value(spec, names[col], float(row[col]), actions)
-        verb = "raises" if c > 0 else "lowers"
-        reasons.append(f"{names[col]}={shown} {verb} {outcome} odds{suffix} ({c:+.2f})")
-    return reasons
+    size = np.abs(effect)
+    features = np.where(present[:, :, :-1], size[:, :, :-1], -1.0).reshape(m, -1)
+    order = np.argsort(-features, axis=1, kind="stable")[:, :top]
+    own = np.where(present[:, :, -1], size[:, :, -1], -1.0)  # (codes, outcomes)
+    picked: list[list[tuple[int, int]]] = []
+    for i in range(m):
+        chosen = [divmod(int(k), n_col - 1) for k in order[i] if features[i, k] >= 0]
+        if not chosen and own[i].max() >= 0:  # no feature moves the uplift: the action
+            chosen = [(int(np.argmax(own[i])), n_col - 1)]
+        picked.append(chosen)
+    return picked
 
 
 def _readable_value(spec: FeatureSpec, name: str, value: float, actions: Sequence[str]) -> str:

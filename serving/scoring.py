@@ -29,6 +29,7 @@ import lightgbm as lgb
 import numpy as np
 
 from serving.lgbm_predict import Kind, Predict, predictor
+from serving.tree_shap import TreeShap, compile_shap
 
 Formulation = Literal["single", "per_action", "offset", "shared_offset"]
 FORMULATIONS: tuple[Formulation, ...] = ("single", "per_action", "offset", "shared_offset")
@@ -88,6 +89,8 @@ class OutcomeScorer:
     _predictors: dict[tuple[str, Kind, int], Predict] = field(
         init=False, repr=False, default_factory=dict
     )
+    #: Per booster: its SHAP tables (serving.tree_shap), or None where pred_contrib is used.
+    _shap: dict[str, TreeShap | None] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.formulation not in FORMULATIONS:
@@ -134,7 +137,17 @@ class OutcomeScorer:
         return fn(X)
 
     def contributions(self, key: str, X: np.ndarray) -> np.ndarray:
-        """SHAP contributions (log-odds) of booster ``key``, without the bias column."""
+        """SHAP contributions (log-odds) of booster ``key``, without the bias column.
+
+        From per-leaf tables built on first use when the booster suits them (the offset
+        boosters do: ~4x faster than ``pred_contrib`` for a few rows, equal to ~1e-16),
+        else LightGBM's ``pred_contrib``.
+        """
+        if key not in self._shap:
+            self._shap[key] = compile_shap(self.boosters[key])
+        shap = self._shap[key]
+        if shap is not None:
+            return shap.contrib(X)
         return self._run(key, "contrib", X)[:, :-1]
 
     def predict(self, X: np.ndarray, action_idx: Sequence[int] | None = None) -> np.ndarray:

@@ -1,0 +1,121 @@
+"""The table-based SHAP values (serving.tree_shap) equal LightGBM's ``pred_contrib``."""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+
+import serving.tree_shap as tree_shap
+from serving.scoring import OutcomeScorer
+from serving.tree_shap import compile_shap
+
+# Both compute the same sums in a different order: equal to rounding, far below the 0.01
+# that reasons show.
+ATOL = 1e-12
+
+
+def _data(seed: int, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    """Six numeric columns (NaN and exact zeros in them) and a categorical last column."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 7))
+    X[:, :6][rng.random((n, 6)) < 0.1] = np.nan
+    X[:, 1][rng.random(n) < 0.3] = 0.0
+    X[:, 6] = rng.integers(0, 8, n)
+    logit = X[:, 0] - np.nan_to_num(X[:, 1]) * 2 + (X[:, 6] % 3 == 0) * 1.5 - np.abs(X[:, 2])
+    y = (np.nan_to_num(logit) + rng.logistic(size=n) > 0).astype(float)
+    return X, y
+
+
+def _train(params: dict[str, object], rounds: int = 25, seed: int = 0) -> lgb.Booster:
+    X, y = _data(seed)
+    base = {"objective": "binary", "num_leaves": 15, "min_data_in_leaf": 20, "verbose": -1}
+    data = lgb.Dataset(X, y, categorical_feature=[6])
+    return lgb.train({**base, **params, "seed": seed}, data, num_boost_round=rounds)
+
+
+def _rows(seed: int, n: int = 60) -> np.ndarray:
+    """Rows that reach every kind of branch: NaN, zero, tiny values, unseen and negative
+    categories, NaN categories."""
+    X, _ = _data(seed + 100, n)
+    X[0, :] = np.nan
+    X[1, 1] = 0.0
+    X[2, 1] = 1e-40  # read as zero by LightGBM's dense reader
+    X[3, 6] = -1.0
+    X[4, 6] = 11.0  # a category never seen in training
+    X[5, 6] = -0.5  # truncates to category 0, as in LightGBM
+    return X
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"zero_as_missing": True},
+        {"use_missing": False},
+        {"max_depth": 3, "num_leaves": 8},
+        {"num_leaves": 31, "min_data_in_leaf": 5},  # deep paths that repeat features
+    ],
+    ids=["default", "zero_as_missing", "no_missing", "shallow", "deep"],
+)
+def test_equal_to_pred_contrib(params: dict[str, object]) -> None:
+    booster = _train(params)
+    shap = compile_shap(booster)
+    assert shap is not None
+    X = _rows(1)
+    expected = booster.predict(X, pred_contrib=True)
+    got = shap.contrib(X)
+    np.testing.assert_allclose(got, expected[:, :-1], rtol=0, atol=ATOL)
+    # Not trivially zero: the rows are explained, and differently.
+    assert np.abs(got).sum(axis=1).min() > 0.01
+    assert len({tuple(np.round(r, 6)) for r in got}) > len(X) // 2
+
+
+def test_best_iteration_is_respected() -> None:
+    booster = _train({}, rounds=30)
+    booster.best_iteration = 9
+    X = _rows(2)
+    shap = compile_shap(booster)
+    assert shap is not None
+    expected = booster.predict(X, pred_contrib=True)  # stops at best_iteration too
+    assert not np.allclose(expected, booster.predict(X, pred_contrib=True, num_iteration=30))
+    np.testing.assert_allclose(shap.contrib(X), expected[:, :-1], rtol=0, atol=ATOL)
+
+
+def test_unsuitable_forests_fall_back_to_pred_contrib(monkeypatch: pytest.MonkeyPatch) -> None:
+    booster = _train({"num_leaves": 31, "min_data_in_leaf": 5})
+    monkeypatch.setattr(tree_shap, "MAX_PATH_FEATURES", 2)
+    assert compile_shap(booster) is None
+    scorer = OutcomeScorer("single", ("none", "a"), {"all": booster})
+    X = _rows(3)
+    np.testing.assert_array_equal(
+        scorer.contributions("all", X), booster.predict(X, pred_contrib=True)[:, :-1]
+    )
+
+
+def test_linear_trees_are_left_to_pred_contrib() -> None:
+    X, y = _data(5)
+    X = np.nan_to_num(X[:, :6])
+    params = {"objective": "binary", "linear_tree": True, "verbose": -1, "seed": 0}
+    booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=5)
+    assert compile_shap(booster) is None
+
+
+def test_scorer_uses_the_tables() -> None:
+    booster = _train({})
+    scorer = OutcomeScorer("single", ("none", "a"), {"all": booster})
+    X = _rows(4)
+    np.testing.assert_allclose(
+        scorer.contributions("all", X),
+        booster.predict(X, pred_contrib=True)[:, :-1],
+        rtol=0,
+        atol=ATOL,
+    )
+    assert scorer._shap["all"] is not None
+
+
+def test_wrong_width_is_an_error() -> None:
+    shap = compile_shap(_train({}))
+    assert shap is not None
+    with pytest.raises(ValueError, match=r"\(n, 7\)"):
+        shap.contrib(np.zeros((2, 6)))
