@@ -40,6 +40,7 @@ from serving.decision_log import DecisionLog, DecisionRecord
 from serving.engine import DecisionEngine
 from serving.fast_path import RecommendationFastPath
 from serving.metrics import Metrics, MetricsMiddleware
+from serving.metrics_peers import MetricsPeers
 from serving.model_source import FAILED, RELOADED, ModelSource, ModelWatcher
 from serving.online_features import customer_features, request_features
 from serving.policy import sample_actions
@@ -394,6 +395,7 @@ def create_app(
     decision_log: DecisionLog | None = None,
     model_source: ModelSource | None = None,
     model_ident: str | None = None,
+    metrics_peers: MetricsPeers | None = None,
 ) -> FastAPI:
     """The FastAPI app.  Nothing is opened or loaded until the lifespan starts.
 
@@ -401,8 +403,9 @@ def create_app(
     other backends).  ``model_source`` (e.g. ``training.registry_source``'s registry
     alias, which the CLI passes) is polled every ``reload_poll_seconds`` and a new model
     it points at is loaded and swapped in; ``model_ident`` names the one served at start.
+    ``metrics_peers`` shares the counters with the other workers (serving/server.py).
     """
-    metrics = Metrics()
+    metrics = Metrics(metrics_peers)
 
     def report(status: str, ident: str | None, error: BaseException | None) -> None:
         if status == RELOADED:
@@ -415,6 +418,8 @@ def create_app(
         service = Service(settings, metrics, store=store, decision_log=decision_log)
         app.state.service = service
         watcher: ModelWatcher | None = None
+        if metrics_peers is not None:
+            metrics_peers.start(metrics.snapshot)
         try:
             await run_in_threadpool(service.load_files)
             model = await run_in_threadpool(load_model, settings.model)
@@ -433,6 +438,8 @@ def create_app(
         finally:
             if watcher is not None:
                 await run_in_threadpool(watcher.stop)  # joins the thread: keep it off the loop
+            if metrics_peers is not None:
+                await run_in_threadpool(metrics_peers.stop)
             app.state.watcher = None
             app.state.service = None
             service.close()

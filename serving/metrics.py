@@ -2,7 +2,8 @@
 
 The text format is simple enough that a dependency is not worth it, and one lock around
 plain dicts costs less per request than a client library's per-metric locking.  Each
-uvicorn worker process keeps its own counters (docs/SERVING.md, "Workers").
+uvicorn worker process keeps its own counters; with several workers, ``/metrics`` adds
+up all of them (serving/metrics_peers.py).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
+
+from serving.metrics_peers import MetricsPeers
 
 __all__ = ["Metrics", "MetricsMiddleware"]
 
@@ -23,6 +26,8 @@ ASGIApp = Callable[
 ]
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: The label -> count maps of a snapshot, merged alike.
+_COUNTER_MAPS = ("decisions", "suppressions", "events", "reloads")
 
 
 def _label(value: str) -> str:
@@ -32,7 +37,9 @@ def _label(value: str) -> str:
 class Metrics:
     """Counters and a latency histogram, rendered in the Prometheus text format."""
 
-    def __init__(self) -> None:
+    def __init__(self, peers: MetricsPeers | None = None) -> None:
+        #: The other workers' snapshots, added in by :meth:`render` (None: one worker).
+        self.peers = peers
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
         self.latency_buckets: dict[str, list[int]] = {}
@@ -74,72 +81,129 @@ class Metrics:
         with self._lock:
             self.reloads[result] += 1
 
-    def render(self) -> str:
-        lines: list[str] = []
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as plain JSON-ready data (what :mod:`serving.metrics_peers` shares)."""
         with self._lock:
-            lines += [
-                "# HELP touchpoint_requests_total HTTP requests by method, route and status.",
-                "# TYPE touchpoint_requests_total counter",
-            ]
-            for (method, route, status), v in sorted(self.requests.items()):
-                lines.append(
-                    f'touchpoint_requests_total{{method="{method}",route="{_label(route)}",'
-                    f'status="{status}"}} {v}'
-                )
-            lines += [
-                "# HELP touchpoint_request_duration_seconds Request latency by route.",
-                "# TYPE touchpoint_request_duration_seconds histogram",
-            ]
-            for route, buckets in sorted(self.latency_buckets.items()):
-                r = _label(route)
-                for bound, v in zip(_BUCKETS, buckets, strict=True):
-                    lines.append(
-                        f'touchpoint_request_duration_seconds_bucket{{route="{r}",le="{bound}"}} {v}'
-                    )
-                count = self.latency_count[route]
-                lines.append(
-                    f'touchpoint_request_duration_seconds_bucket{{route="{r}",le="+Inf"}} {count}'
-                )
-                lines.append(
-                    f'touchpoint_request_duration_seconds_sum{{route="{r}"}} {self.latency_sum[route]}'
-                )
-                lines.append(f'touchpoint_request_duration_seconds_count{{route="{r}"}} {count}')
-            lines += [
-                "# HELP touchpoint_decisions_total Decisions by chosen action.",
-                "# TYPE touchpoint_decisions_total counter",
-            ]
-            for action, v in sorted(self.decisions.items()):
-                lines.append(f'touchpoint_decisions_total{{action="{_label(action)}"}} {v}')
-            lines += [
-                "# HELP touchpoint_explored_decisions_total Decisions that did not pick the best-scoring action.",
-                "# TYPE touchpoint_explored_decisions_total counter",
-                f"touchpoint_explored_decisions_total {self.explored}",
-                "# HELP touchpoint_suppressions_total Candidate actions removed, by contact rule.",
-                "# TYPE touchpoint_suppressions_total counter",
-            ]
-            for rule, v in sorted(self.suppressions.items()):
-                lines.append(f'touchpoint_suppressions_total{{rule="{_label(rule)}"}} {v}')
-            lines += [
-                "# HELP touchpoint_events_total Ingested events by outcome.",
-                "# TYPE touchpoint_events_total counter",
-            ]
-            for outcome, v in sorted(self.events.items()):
-                lines.append(f'touchpoint_events_total{{outcome="{outcome}"}} {v}')
-            lines += [
-                "# HELP touchpoint_model_reloads_total Model reloads by result.",
-                "# TYPE touchpoint_model_reloads_total counter",
-            ]
-            for result, v in sorted(self.reloads.items()):
-                lines.append(f'touchpoint_model_reloads_total{{result="{result}"}} {v}')
-            lines += [
-                "# HELP touchpoint_model_info The model bundle being served.",
-                "# TYPE touchpoint_model_info gauge",
-            ]
-            if self.model_version is not None:
-                lines.append(
-                    f'touchpoint_model_info{{model_version="{_label(self.model_version)}"}} 1'
-                )
-        return "\n".join(lines) + "\n"
+            return {
+                "requests": [[*key, v] for key, v in self.requests.items()],
+                "latency": {
+                    route: {
+                        "buckets": list(buckets),
+                        "sum": self.latency_sum[route],
+                        "count": self.latency_count[route],
+                    }
+                    for route, buckets in self.latency_buckets.items()
+                },
+                "decisions": dict(self.decisions),
+                "explored": self.explored,
+                "suppressions": dict(self.suppressions),
+                "events": dict(self.events),
+                "reloads": dict(self.reloads),
+                "model_version": self.model_version,
+            }
+
+    def render(self) -> str:
+        """The Prometheus text: these counters, plus the other workers' when shared."""
+        snapshots = [self.snapshot()]
+        if self.peers is not None:
+            snapshots += self.peers.others()
+        return render(snapshots)
+
+
+def render(snapshots: Sequence[Mapping[str, Any]]) -> str:
+    """The Prometheus text of the sum of :meth:`Metrics.snapshot` s (one per worker).
+
+    ``touchpoint_model_info`` has one line per model version being served, valued by the
+    number of workers serving it (1 with one worker; two lines during a rolling reload).
+    """
+    total = _merge(snapshots)
+    lines = [
+        "# HELP touchpoint_requests_total HTTP requests by method, route and status.",
+        "# TYPE touchpoint_requests_total counter",
+    ]
+    for (method, route, status), v in sorted(total["requests"].items()):
+        lines.append(
+            f'touchpoint_requests_total{{method="{method}",route="{_label(route)}",'
+            f'status="{status}"}} {v}'
+        )
+    lines += [
+        "# HELP touchpoint_request_duration_seconds Request latency by route.",
+        "# TYPE touchpoint_request_duration_seconds histogram",
+    ]
+    hist = "touchpoint_request_duration_seconds"
+    for route, lat in sorted(total["latency"].items()):
+        r = _label(route)
+        for bound, v in zip(_BUCKETS, lat["buckets"], strict=True):
+            lines.append(f'{hist}_bucket{{route="{r}",le="{bound}"}} {v}')
+        lines.append(f'{hist}_bucket{{route="{r}",le="+Inf"}} {lat["count"]}')
+        lines.append(f'{hist}_sum{{route="{r}"}} {lat["sum"]}')
+        lines.append(f'{hist}_count{{route="{r}"}} {lat["count"]}')
+    lines += [
+        "# HELP touchpoint_decisions_total Decisions by chosen action.",
+        "# TYPE touchpoint_decisions_total counter",
+    ]
+    for action, v in sorted(total["decisions"].items()):
+        lines.append(f'touchpoint_decisions_total{{action="{_label(action)}"}} {v}')
+    lines += [
+        "# HELP touchpoint_explored_decisions_total Decisions that did not pick the best-scoring action.",
+        "# TYPE touchpoint_explored_decisions_total counter",
+        f"touchpoint_explored_decisions_total {total['explored']}",
+        "# HELP touchpoint_suppressions_total Candidate actions removed, by contact rule.",
+        "# TYPE touchpoint_suppressions_total counter",
+    ]
+    for rule, v in sorted(total["suppressions"].items()):
+        lines.append(f'touchpoint_suppressions_total{{rule="{_label(rule)}"}} {v}')
+    lines += [
+        "# HELP touchpoint_events_total Ingested events by outcome.",
+        "# TYPE touchpoint_events_total counter",
+    ]
+    for outcome, v in sorted(total["events"].items()):
+        lines.append(f'touchpoint_events_total{{outcome="{outcome}"}} {v}')
+    lines += [
+        "# HELP touchpoint_model_reloads_total Model reloads by result.",
+        "# TYPE touchpoint_model_reloads_total counter",
+    ]
+    for result, v in sorted(total["reloads"].items()):
+        lines.append(f'touchpoint_model_reloads_total{{result="{result}"}} {v}')
+    lines += [
+        "# HELP touchpoint_model_info The model bundle being served (value: workers serving it).",
+        "# TYPE touchpoint_model_info gauge",
+    ]
+    for version, workers in sorted(total["model_versions"].items()):
+        lines.append(f'touchpoint_model_info{{model_version="{_label(version)}"}} {workers}')
+    return "\n".join(lines) + "\n"
+
+
+def _merge(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counters added up over snapshots; latency histograms bucket by bucket."""
+    requests: dict[tuple[str, str, str], int] = defaultdict(int)
+    latency: dict[str, dict[str, Any]] = {}
+    sums: dict[str, dict[str, int]] = {k: defaultdict(int) for k in _COUNTER_MAPS}
+    explored = 0
+    versions: dict[str, int] = defaultdict(int)
+    for snap in snapshots:
+        for method, route, status, v in snap["requests"]:
+            requests[(method, route, status)] += v
+        for route, lat in snap["latency"].items():
+            acc = latency.setdefault(
+                route, {"buckets": [0] * len(_BUCKETS), "sum": 0.0, "count": 0}
+            )
+            acc["buckets"] = [a + b for a, b in zip(acc["buckets"], lat["buckets"], strict=True)]
+            acc["sum"] += lat["sum"]
+            acc["count"] += lat["count"]
+        for name in _COUNTER_MAPS:
+            for key, v in snap[name].items():
+                sums[name][key] += v
+        explored += snap["explored"]
+        if snap["model_version"] is not None:
+            versions[snap["model_version"]] += 1
+    return {
+        "requests": requests,
+        "latency": latency,
+        **sums,
+        "explored": explored,
+        "model_versions": versions,
+    }
 
 
 class MetricsMiddleware:

@@ -11,8 +11,9 @@ which is what ``uvicorn --workers`` does too; doing it here keeps two things in 
   so two workers never replay the same random draws.
 
 Each worker is a complete service: it loads the model, follows the registry alias, keeps
-its own metrics and writes to the shared SQLite store and decision log (WAL mode, so
-readers never wait and writers queue briefly).  docs/SERVING.md, "Workers", lists what
+its own metrics (and adds up the others' for ``/metrics``, serving/metrics_peers.py) and
+writes to the shared SQLite store and decision log (WAL mode, so readers never wait and
+writers queue briefly).  docs/SERVING.md, "Workers", lists what
 that means for ``/metrics`` and ``/admin/reload``.
 """
 
@@ -21,12 +22,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from types import FrameType
 
 import numpy as np
 
+from serving.metrics_peers import MetricsPeers
 from serving.model_source import ModelSource
 from serving.settings import ServingSettings
 
@@ -46,8 +50,15 @@ def serve(
 
     from serving.app import create_app
 
-    def config(worker_settings: ServingSettings) -> uvicorn.Config:
-        app = create_app(worker_settings, model_source=model_source, model_ident=model_ident)
+    def config(
+        worker_settings: ServingSettings, peers: MetricsPeers | None = None
+    ) -> uvicorn.Config:
+        app = create_app(
+            worker_settings,
+            model_source=model_source,
+            model_ident=model_ident,
+            metrics_peers=peers,
+        )
         return uvicorn.Config(
             app,
             host=settings.host,
@@ -64,6 +75,8 @@ def serve(
     _load_startup_files(settings)
     shared = settings.model_copy(update={"events_path": None, "customers_path": None})
     sock = config(shared).bind_socket()
+    # Where the workers share their metrics (serving/metrics_peers.py); removed at the end.
+    metrics_dir = tempfile.mkdtemp(prefix="touchpoint-metrics-")
     children: list[int] = []
     for worker in range(settings.workers):
         pid = os.fork()
@@ -73,7 +86,8 @@ def serve(
                 worker_settings = shared.model_copy(
                     update={"seed": _worker_seed(settings.seed, worker)}
                 )
-                uvicorn.Server(config(worker_settings)).run(sockets=[sock])
+                peers = MetricsPeers(metrics_dir, f"worker-{worker}")
+                uvicorn.Server(config(worker_settings, peers)).run(sockets=[sock])
             except BaseException:  # pragma: no cover - reported, then the worker exits
                 log.exception("worker %d failed", worker)
                 code = 1
@@ -82,7 +96,10 @@ def serve(
         children.append(pid)
     sock.close()
     log.info("started %d workers: %s", len(children), ", ".join(map(str, children)))
-    _supervise(children)
+    try:
+        _supervise(children)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _worker_seed(seed: int | None, worker: int) -> int | None:

@@ -31,6 +31,7 @@ import pandas as pd
 import pytest
 
 from serving.contact_policy import RULES
+from serving.metrics_peers import PUBLISH_SECONDS
 from tests.serving.bundle_factory import (
     ACTIONS,
     AS_OF,
@@ -752,6 +753,18 @@ def test_two_workers_share_the_port_the_store_and_the_log(
         for i in range(20):  # a new connection each time: the kernel spreads them
             with httpx.Client(base_url=server.url, timeout=10.0, trust_env=False) as c:
                 ids.append(_rec(c, customer_id=["c1", "c2", "c3"][i % 3])["decision_id"])
+        # /metrics, from whichever worker answers, counts the requests of both.
+        rec = {"method": "POST", "route": "/v1/recommendations", "status": "200"}
+        deadline = time.monotonic() + 10 * PUBLISH_SECONDS
+        while True:
+            with httpx.Client(base_url=server.url, timeout=10.0, trust_env=False) as c:
+                samples = parse_metrics(c.get("/metrics").text)
+            if _metric(samples, "touchpoint_requests_total", **rec) == 20:
+                break
+            assert time.monotonic() < deadline, samples
+            time.sleep(0.2)
+        version = {k[1] for k in samples if k[0] == "touchpoint_model_info"}
+        assert len(version) == 1 and samples[("touchpoint_model_info", *version)] == 2
     finally:
         status = server.stop()
     assert status in (0, -signal.SIGTERM), server.stderr()
