@@ -59,6 +59,8 @@ from serving.schemas import (
     RowError,
 )
 from serving.settings import ServingSettings
+from serving.shared_reload import POLL_SECONDS as SHARED_RELOAD_POLL_SECONDS
+from serving.shared_reload import SharedReload
 from serving.store import EventColumns, HistoryStore, SQLiteHistoryStore
 
 __all__ = ["LoadedModel", "Metrics", "Service", "create_app", "customer_features"]
@@ -396,6 +398,7 @@ def create_app(
     model_source: ModelSource | None = None,
     model_ident: str | None = None,
     metrics_peers: MetricsPeers | None = None,
+    shared_reload: SharedReload | None = None,
 ) -> FastAPI:
     """The FastAPI app.  Nothing is opened or loaded until the lifespan starts.
 
@@ -403,7 +406,8 @@ def create_app(
     other backends).  ``model_source`` (e.g. ``training.registry_source``'s registry
     alias, which the CLI passes) is polled every ``reload_poll_seconds`` and a new model
     it points at is loaded and swapped in; ``model_ident`` names the one served at start.
-    ``metrics_peers`` shares the counters with the other workers (serving/server.py).
+    ``metrics_peers`` shares the counters with the other workers, and ``shared_reload``
+    the reloads made through ``/admin/reload`` (serving/server.py).
     """
     metrics = Metrics(metrics_peers)
 
@@ -434,10 +438,20 @@ def create_app(
                     on_result=report,
                 ).start()
             app.state.watcher = watcher
+            if shared_reload is not None:
+                app.state.peer_watcher = ModelWatcher(
+                    shared_reload,
+                    service.reload,
+                    interval=SHARED_RELOAD_POLL_SECONDS,
+                    initial=shared_reload.current(),
+                    on_result=report,
+                ).start()
             yield
         finally:
-            if watcher is not None:
-                await run_in_threadpool(watcher.stop)  # joins the thread: keep it off the loop
+            for w in (watcher, app.state.peer_watcher):
+                if w is not None:
+                    await run_in_threadpool(w.stop)  # joins the thread: keep it off the loop
+            app.state.peer_watcher = None
             if metrics_peers is not None:
                 await run_in_threadpool(metrics_peers.stop)
             app.state.watcher = None
@@ -452,6 +466,7 @@ def create_app(
     )
     app.state.service = None
     app.state.watcher = None
+    app.state.peer_watcher = None  # follows the other workers' reloads (shared_reload)
     app.state.metrics = metrics
 
     @app.exception_handler(RequestError)
@@ -548,6 +563,11 @@ def create_app(
             log.warning("reload of %s failed: %s", path, exc)
             raise _reload_failed(exc, current) from None
         service.metrics.observe_reload("ok")
+        peers: ModelWatcher | None = request.app.state.peer_watcher
+        if shared_reload is not None and peers is not None:  # the other workers follow
+            ident = shared_reload.next_ident(path)
+            peers.note_served(ident)  # first, so this worker does not load it twice
+            shared_reload.announce(ident)
         return ReloadResponse(
             model_version=new.version,
             previous_version="" if old is None else old.version,

@@ -42,18 +42,18 @@ class MetricsPeers:
 
     @property
     def _own(self) -> Path:
-        return self.directory / f"{self.worker}.json"
+        return self.directory / f"metrics-{self.worker}.json"
 
     def publish(self, snapshot: dict[str, Any]) -> None:
         """Replace this worker's snapshot, atomically."""
-        tmp = self.directory / f".{self.worker}.json.tmp"
+        tmp = self.directory / f".metrics-{self.worker}.json.tmp"
         tmp.write_text(json.dumps(snapshot))
         os.replace(tmp, self._own)
 
     def others(self) -> list[dict[str, Any]]:
         """The latest snapshot of every other worker (unreadable ones are skipped)."""
         out = []
-        for path in sorted(self.directory.glob("*.json")):
+        for path in sorted(self.directory.glob("metrics-*.json")):
             if path == self._own:
                 continue
             with contextlib.suppress(OSError, ValueError):  # gone, or not ours

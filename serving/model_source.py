@@ -150,6 +150,13 @@ class ModelWatcher:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def note_served(self, ident: str) -> None:
+        """Record that ``ident`` is being served already (loaded by someone else), so that
+        the next poll that sees it does not load it again."""
+        with self._poll_lock:
+            self._served = ident
+            self._failed = None
+
     # ------------------------------------------------------------------ polling
     def check_now(self, *, force: bool = False) -> PollResult:
         """One synchronous poll; ``force`` retries an identifier that failed before.

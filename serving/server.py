@@ -11,9 +11,10 @@ which is what ``uvicorn --workers`` does too; doing it here keeps two things in 
   so two workers never replay the same random draws.
 
 Each worker is a complete service: it loads the model, follows the registry alias, keeps
-its own metrics (and adds up the others' for ``/metrics``, serving/metrics_peers.py) and
-writes to the shared SQLite store and decision log (WAL mode, so readers never wait and
-writers queue briefly).  docs/SERVING.md, "Workers", lists what
+its own metrics (and adds up the others' for ``/metrics``, serving/metrics_peers.py),
+follows a reload made through any worker (serving/shared_reload.py), and writes to the
+shared SQLite store and decision log (WAL mode, so readers never wait and writers queue
+briefly).  docs/SERVING.md, "Workers", lists what
 that means for ``/metrics`` and ``/admin/reload``.
 """
 
@@ -33,6 +34,7 @@ import numpy as np
 from serving.metrics_peers import MetricsPeers
 from serving.model_source import ModelSource
 from serving.settings import ServingSettings
+from serving.shared_reload import SharedReload
 
 __all__ = ["serve"]
 
@@ -50,14 +52,15 @@ def serve(
 
     from serving.app import create_app
 
-    def config(
-        worker_settings: ServingSettings, peers: MetricsPeers | None = None
-    ) -> uvicorn.Config:
+    def config(worker_settings: ServingSettings, worker: int | None = None) -> uvicorn.Config:
+        """A worker's server; ``worker`` numbers one of several, which then share
+        ``shared_dir``."""
         app = create_app(
             worker_settings,
             model_source=model_source,
             model_ident=model_ident,
-            metrics_peers=peers,
+            metrics_peers=None if worker is None else MetricsPeers(shared_dir, f"w{worker}"),
+            shared_reload=None if worker is None else SharedReload(shared_dir),
         )
         return uvicorn.Config(
             app,
@@ -72,11 +75,12 @@ def serve(
     if settings.workers == 1:
         uvicorn.Server(config(settings)).run()
         return
+    # Where the workers share their metrics and reloads (serving/metrics_peers.py,
+    # serving/shared_reload.py); removed when the service stops.
+    shared_dir = tempfile.mkdtemp(prefix="touchpoint-workers-")
     _load_startup_files(settings)
     shared = settings.model_copy(update={"events_path": None, "customers_path": None})
     sock = config(shared).bind_socket()
-    # Where the workers share their metrics (serving/metrics_peers.py); removed at the end.
-    metrics_dir = tempfile.mkdtemp(prefix="touchpoint-metrics-")
     children: list[int] = []
     for worker in range(settings.workers):
         pid = os.fork()
@@ -86,8 +90,7 @@ def serve(
                 worker_settings = shared.model_copy(
                     update={"seed": _worker_seed(settings.seed, worker)}
                 )
-                peers = MetricsPeers(metrics_dir, f"worker-{worker}")
-                uvicorn.Server(config(worker_settings, peers)).run(sockets=[sock])
+                uvicorn.Server(config(worker_settings, worker)).run(sockets=[sock])
             except BaseException:  # pragma: no cover - reported, then the worker exits
                 log.exception("worker %d failed", worker)
                 code = 1
@@ -99,7 +102,7 @@ def serve(
     try:
         _supervise(children)
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(shared_dir, ignore_errors=True)
 
 
 def _worker_seed(seed: int | None, worker: int) -> int | None:

@@ -27,7 +27,8 @@ def test_render_adds_up_the_other_workers(tmp_path: Path) -> None:
     for m in (b, c):
         assert m.peers is not None
         m.peers.publish(m.snapshot())
-    (tmp_path / "junk.json").write_text("{not json")  # skipped, not fatal
+    (tmp_path / "metrics-junk.json").write_text("{not json")  # skipped, not fatal
+    (tmp_path / "reload.json").write_text('{"ident": "x"}')  # another file of the directory
 
     got = parse_metrics(a.render())
 

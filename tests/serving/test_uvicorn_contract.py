@@ -32,6 +32,7 @@ import pytest
 
 from serving.contact_policy import RULES
 from serving.metrics_peers import PUBLISH_SECONDS
+from serving.shared_reload import POLL_SECONDS as SHARED_RELOAD_POLL_SECONDS
 from tests.serving.bundle_factory import (
     ACTIONS,
     AS_OF,
@@ -765,6 +766,25 @@ def test_two_workers_share_the_port_the_store_and_the_log(
             time.sleep(0.2)
         version = {k[1] for k in samples if k[0] == "touchpoint_model_info"}
         assert len(version) == 1 and samples[("touchpoint_model_info", *version)] == 2
+        # A reload reaches one worker; the other follows it within about a second.
+        v2 = save_tiny_bundle(tmp_path_factory.mktemp("workers-v2"), "test-2")
+        with httpx.Client(base_url=server.url, timeout=30.0, trust_env=False) as c:
+            r = c.post("/admin/reload", json={"model": str(v2)}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 10 * SHARED_RELOAD_POLL_SECONDS
+        while True:
+            with httpx.Client(base_url=server.url, timeout=10.0, trust_env=False) as c:
+                samples = parse_metrics(c.get("/metrics").text)
+            if _metric(samples, "touchpoint_model_info", model_version="test-2") == 2:
+                break
+            assert time.monotonic() < deadline, samples
+            time.sleep(0.2)
+        assert _metric(samples, "touchpoint_model_info", model_version="test-1") == 0
+        for _ in range(10):  # whichever worker answers serves test-2
+            with httpx.Client(base_url=server.url, timeout=10.0, trust_env=False) as c:
+                out = _rec(c, customer_id="c1")
+            assert out["model_version"] == "test-2"
+            ids.append(out["decision_id"])
     finally:
         status = server.stop()
     assert status in (0, -signal.SIGTERM), server.stderr()
