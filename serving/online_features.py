@@ -1,11 +1,12 @@
-"""The feature row of one customer at request time: the offline feature code, no pandas.
+"""The feature row of one customer at request time, no pandas.
 
-Both functions end in :func:`features.pipeline.compute_feature_matrix`, the numpy core
-that ``touchpoint features`` and ``touchpoint recommend`` use, so a customer's row is the
-same online and offline (tests/serving/test_app.py checks it bit for bit).  What differs is
-only how the events get there: :func:`request_features` takes the plain columns the
-store returns; :func:`customer_features` takes canonical DataFrames (inline histories,
-tests, benchmarks).
+Both functions end in :func:`features.online_kernel.feature_row`, a compiled one-row
+version of :func:`features.pipeline.compute_feature_matrix` (the numpy core that
+``touchpoint features`` and ``touchpoint recommend`` use): a customer's row is the same
+online and offline, bit for bit (tests/features/test_online_kernel.py on random histories,
+tests/serving/test_app.py on the service's).  What differs is only how the events get
+there: :func:`request_features` takes the plain columns the store returns;
+:func:`customer_features` takes canonical DataFrames (inline histories, tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.counters import customer_event_arrays
-from features.pipeline import compute_feature_matrix, encode_customer_record
+from features.online_kernel import feature_row
+from features.pipeline import encode_customer_record
 from features.spec import FeatureSpec
 from serving.store import EventColumns
 
 __all__ = ["customer_features", "request_features"]
-
-_CODE = np.zeros(1, dtype=np.int64)  # the only customer of a one-customer EventArrays
 
 
 def request_features(
@@ -35,27 +34,25 @@ def request_features(
 ) -> np.ndarray:
     """The ``(1, n_features)`` float64 row of one customer decided at ``as_of_ns``.
 
-    ``events`` must hold only events strictly before ``as_of_ns`` (the store's query and the
-    inline path both cut there); ``attributes`` is the customer's stored record (None =
-    unknown customer: consent given, attributes missing).  Computed in float64, as
+    ``events`` should hold only events strictly before ``as_of_ns`` (the store's query and
+    the inline path both cut there); later ones would be ignored.  ``attributes`` is the
+    customer's stored record (None = unknown customer: consent given, attributes missing).
+    ``customer_id`` does not enter the row (kept for the callers).  Computed in float64, as
     ``touchpoint recommend`` does: the contact rules read exact times off the row, and
     :meth:`serving.engine.DecisionEngine.score` rounds it to float32 (the offline table's
     precision) for the models.
     """
-    ev = customer_event_arrays(
-        spec, customer_id, events.time, events.channel, events.event_type, events.value
-    )
     consent_row, static_row = encode_customer_record(attributes, spec)
-    X = compute_feature_matrix(
-        ev,
-        _CODE,
-        np.array([as_of_ns], dtype=np.int64),
+    return feature_row(
         spec,
-        consent=np.array([consent_row]) if spec.consent_channels else None,
-        static=np.array([static_row]) if static_row else None,
-        dtype=np.float64,
+        events.time,
+        events.channel,
+        events.event_type,
+        events.value,
+        as_of_ns,
+        consent_row,
+        static_row,
     )
-    return np.ascontiguousarray(X)
 
 
 def customer_features(

@@ -45,7 +45,8 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
-from numba import njit
+
+from features.compiled import jit
 
 __all__ = ["MAX_PATH_FEATURES", "TreeShap", "compile_shap"]
 
@@ -299,7 +300,7 @@ def _child_ref(child: dict[str, Any]) -> int:
 
 
 # ---------------------------------------------------------------------- compiled loops
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _next(
     x: np.ndarray, nodes: np.ndarray, thresholds: np.ndarray, categories: np.ndarray, g: int
 ) -> int:
@@ -323,7 +324,7 @@ def _next(
     return nodes[g, _LEFT] if fval <= thresholds[g] else nodes[g, _RIGHT]
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _shap_rows(
     X: np.ndarray,
     nodes: np.ndarray,
