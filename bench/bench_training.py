@@ -16,11 +16,11 @@ train / validation and then times, with the data generation outside the timed re
 
 - the propensity model (:class:`training.propensity.PropensityModel`, its defaults);
 - the conversion and the churn model together (:func:`training.models.fit_outcome_models`,
-  as ``training.train`` fits them, with its defaults: LightGBM parameters, 1000 rounds at
-  most, early stopping after 50), in the requested formulation, calibration choice
-  included; its steps (binning, each booster) are recorded with their times.  With
-  ``--per-outcome``, :func:`training.models.fit_outcome_model` once per outcome instead (the
-  path before the Datasets were shared; the same models, timed per outcome).
+  as ``training.train`` fits them, with its defaults: LightGBM parameters, the negative
+  subsample, 1000 rounds at most, early-stopping patience), in the requested formulation,
+  calibration choice included; its steps (binning, each booster) are recorded with their
+  times.  With ``--per-outcome``, :func:`training.models.fit_outcome_model` once per outcome
+  instead (the path before the Datasets were shared; the same models, timed per outcome).
 
 Peak RSS is reported twice: for the fit alone (the child resets ``VmHWM`` through
 ``/proc/self/clear_refs`` once the data is in memory, then reads it after the fit) and for the
@@ -50,7 +50,9 @@ sys.path.insert(0, str(ROOT))
 from bench.memory import reset_peak, status_mb  # noqa: E402
 from training.models import (  # noqa: E402
     DEFAULT_EARLY_STOPPING,
+    DEFAULT_PARAMS,
     DEFAULT_ROUNDS,
+    NEGATIVE_KEEP,
     fit_outcome_model,
     fit_outcome_models,
 )
@@ -269,6 +271,10 @@ def run_child(
     res["propensity_rounds"] = prop.booster_.best_iteration
 
     res["path"] = "per_outcome" if per_outcome else "shared"
+    # The settings that decide the cost, recorded with the figures they produced.
+    res["negative_keep"] = NEGATIVE_KEEP
+    res["early_stopping"] = DEFAULT_EARLY_STOPPING
+    res["feature_fraction"] = DEFAULT_PARAMS.get("feature_fraction")
     t, c = time.perf_counter(), _cpu_seconds()
     if per_outcome:
         for target, yt, yv in (("conversion", yct, ycv), ("churn", yht, yhv)):

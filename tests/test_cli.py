@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from touchpoint.cli import build_parser, main
+from touchpoint.cli import build_parser, main, train_config
 
 COMMANDS = [
     "simulate",
@@ -194,3 +194,22 @@ def test_serve_rejects_a_setting_out_of_range(
     monkeypatch.setenv("TOUCHPOINT_DEFAULT_K", "many")  # the environment is checked too
     assert main(["serve", "--model", str(bundle)]) == 2
     assert "default_k" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.2", "x"])
+def test_train_negative_keep_must_be_a_share(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--events", str(tmp_path / "e.csv"), "--negative-keep", value])
+    assert exit_info.value.code == 2
+    assert "--negative-keep" in capsys.readouterr().err
+
+
+def test_train_negative_keep_reaches_the_config() -> None:
+    from training.models import NEGATIVE_KEEP
+
+    args = build_parser().parse_args(["train", "--events", "e.csv", "--negative-keep", "1"])
+    assert train_config(args).negative_keep == 1.0
+    default = build_parser().parse_args(["train", "--events", "e.csv"])
+    assert train_config(default).negative_keep == NEGATIVE_KEEP

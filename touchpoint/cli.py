@@ -15,9 +15,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from touchpoint import __version__
+
+if TYPE_CHECKING:  # imported lazily at run time: the CLI starts without loading training
+    from training.train import TrainConfig
 
 #: Exit status for bad input (argparse uses 2 for bad arguments too).
 EXIT_BAD_INPUT = 2
@@ -33,6 +36,14 @@ def count(text: str) -> int:
     if not value.is_integer():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return int(value)
+
+
+def share(text: str) -> float:
+    """A fraction in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not in (0, 1]")
+    return value
 
 
 def log(message: str) -> None:
@@ -194,10 +205,23 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The training settings of ``touchpoint train``'s arguments (defaults: TrainConfig's)."""
+    from training.train import TrainConfig
+
+    return TrainConfig(
+        formulation=args.formulation,
+        seed=args.seed,
+        none_per_send=args.none_per_send,
+        n_bootstrap=args.bootstrap,
+        max_train_rows=args.max_train_rows,
+        **({} if args.negative_keep is None else {"negative_keep": args.negative_keep}),
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
 
     from training.run import run_training
-    from training.train import TrainConfig
 
     # Bad input rows are kept next to the bundles, as models/train-input.quarantine.csv.
     quarantine = Path(args.models_dir) / "train-input.csv"
@@ -206,13 +230,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ground_truth = _ground_truth(args)
     from training.report import QuarantineSummary
 
-    config = TrainConfig(
-        formulation=args.formulation,
-        seed=args.seed,
-        none_per_send=args.none_per_send,
-        n_bootstrap=args.bootstrap,
-        max_train_rows=args.max_train_rows,
-    )
+    config = train_config(args)
     summary = run_training(
         events,
         customers,
@@ -627,6 +645,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=count,
         default=1_000_000,
         help="random subset of training rows beyond this (default 1000000)",
+    )
+    p.add_argument(
+        "--negative-keep",
+        type=share,
+        default=None,
+        help="share of each outcome's negative rows the boosters train on, weighted back "
+        "(default: training.models.NEGATIVE_KEEP, 0.3; 1 = every row)",
     )
     p.add_argument(
         "--models-dir", default="models", help="where bundles are written (default models/)"

@@ -33,7 +33,13 @@ from training.evaluation import (
     uplift_quality,
 )
 from training.labels import LabelWindows, label_decisions
-from training.models import FitReport, fit_outcome_models
+from training.models import (
+    DEFAULT_EARLY_STOPPING,
+    DEFAULT_ROUNDS,
+    NEGATIVE_KEEP,
+    FitReport,
+    fit_outcome_models,
+)
 from training.propensity import PropensityModel
 
 Progress = Callable[[str], None]
@@ -46,8 +52,11 @@ class TrainConfig:
 
     formulation: FormulationChoice = "shared_offset"
     seed: int = 0
-    num_rounds: int = 1000
-    early_stopping: int = 50
+    num_rounds: int = DEFAULT_ROUNDS
+    early_stopping: int = DEFAULT_EARLY_STOPPING
+    #: Share of each outcome's negative rows its boosters train on, weighted back
+    #: (training.models.negative_sample); 1.0 trains on every row.
+    negative_keep: float = NEGATIVE_KEEP
     none_per_send: float = 1.0
     train_share: float = 0.6
     valid_share: float = 0.15
@@ -184,6 +193,7 @@ def fit_and_evaluate(
             early_stopping=config.early_stopping,
             seed=config.seed,
             feature_names=list(spec.feature_names),
+            negative_keep=config.negative_keep,
         )
         scorers = [fits["conversion"][0], fits["churn"][0]]
         reports = {target: report for target, (_scorer, report) in fits.items()}

@@ -1,5 +1,6 @@
 """The shared-Dataset fit (``fit_outcome_models``) gives the same models as
-``fit_outcome_model`` once per outcome, and it bins each feature matrix only once.
+``fit_outcome_model`` once per outcome, and it bins X only once; adding the action column
+to X's bins gives the same trees as binning [X, action] from scratch.
 
 "Same" means the same bits: the same LightGBM model text (trees, thresholds, leaf
 values, parameters), the same best iterations, the same calibration and the same
@@ -16,7 +17,10 @@ import pytest
 
 from training.models import (
     DEFAULT_PARAMS,
+    RowSample,
+    _params,
     _SharedDatasets,
+    _train,
     fit_outcome_model,
     fit_outcome_models,
 )
@@ -67,15 +71,21 @@ def _assert_same(one: tuple, shared: tuple, X: np.ndarray, a: np.ndarray) -> Non
     np.testing.assert_array_equal(s1.predict_logged(X, a), s2.predict_logged(X, a))
 
 
-@pytest.mark.parametrize("formulation", ["shared_offset", "single", "offset"])
-def test_shared_datasets_give_identical_models(data: dict, formulation: str) -> None:
+@pytest.mark.parametrize(
+    ("formulation", "negative_keep"),
+    [("shared_offset", 1.0), ("shared_offset", 0.4), ("single", 1.0), ("offset", 1.0)],
+)
+def test_shared_datasets_give_identical_models(
+    data: dict, formulation: str, negative_keep: float
+) -> None:
+    """Fitting the outcomes together changes nothing in any of them, with or without the
+    negative subsample (each outcome draws its own rows)."""
     (X, a, y), (Xv, av, yv) = data["train"], data["valid"]
-    shared = fit_outcome_models(X, a, y, Xv, av, yv, formulation=formulation, **FIT_KW)
+    kw = {**FIT_KW, "formulation": formulation, "negative_keep": negative_keep}
+    shared = fit_outcome_models(X, a, y, Xv, av, yv, **kw)
     assert list(shared) == list(OUTCOMES)
     for outcome in OUTCOMES:
-        one = fit_outcome_model(
-            X, a, y[outcome], Xv, av, yv[outcome], formulation=formulation, **FIT_KW
-        )
+        one = fit_outcome_model(X, a, y[outcome], Xv, av, yv[outcome], **kw)
         _assert_same(one, shared[outcome], *data["query"])
         # Early stopping did stop, and the offset booster learned something.
         assert min(shared[outcome][1].best_iterations.values()) > 0
@@ -83,8 +93,9 @@ def test_shared_datasets_give_identical_models(data: dict, formulation: str) -> 
 
 
 def test_each_matrix_is_binned_once(data: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    """shared_offset, two outcomes: X and [X, action], train and valid: four Datasets
-    built from data (``fit_outcome_model`` twice builds eight)."""
+    """shared_offset, two outcomes: X and the action column, train and valid: four Datasets
+    built from data (``fit_outcome_model`` twice builds eight); X is not binned again with
+    the action column."""
     built: list[tuple[int, int]] = []
     lazy_init = lgb.Dataset._lazy_init
 
@@ -96,7 +107,32 @@ def test_each_matrix_is_binned_once(data: dict, monkeypatch: pytest.MonkeyPatch)
     (X, a, y), (Xv, av, yv) = data["train"], data["valid"]
     fit_outcome_models(X, a, y, Xv, av, yv, formulation="shared_offset", **FIT_KW)
     n, nv, d = len(X), len(Xv), X.shape[1]
-    assert sorted(built) == sorted([(n, d), (nv, d), (n, d + 1), (nv, d + 1)])
+    assert sorted(built) == sorted([(n, d), (nv, d), (n, 1), (nv, 1)])
+
+
+def test_action_column_added_to_bins_gives_the_same_trees(data: dict) -> None:
+    """``single`` on X's bins plus the separately binned action column grows the same
+    trees as a Dataset binned from [X, action] in one go."""
+    (X, a, y), (Xv, av, yv) = data["train"], data["valid"]
+    fits = fit_outcome_models(
+        X, a, y, Xv, av, yv, formulation="single", negative_keep=1.0, **FIT_KW
+    )
+    names = [*(f"f{i}" for i in range(X.shape[1])), "action_code"]
+    for outcome in OUTCOMES:
+        direct = _train(
+            np.column_stack([X, a]),
+            y[outcome],
+            np.column_stack([Xv, av]),
+            yv[outcome],
+            _params(None, FIT_KW["seed"]),
+            FIT_KW["num_rounds"],
+            FIT_KW["early_stopping"],
+            names,
+            [X.shape[1]],
+        )
+        booster = fits[outcome][0].boosters["all"]
+        assert booster.best_iteration == direct.best_iteration > 0
+        assert _trees(booster.model_to_string()) == _trees(direct.model_to_string())
 
 
 def test_shared_datasets_refuse_to_be_binned_again(data: dict) -> None:
@@ -104,10 +140,11 @@ def test_shared_datasets_refuse_to_be_binned_again(data: dict) -> None:
     silent second binning."""
     (X, _a, y), (Xv, _av, yv) = data["train"], data["valid"]
     params = {**DEFAULT_PARAMS, "seed": 0}
-    shared = _SharedDatasets(X, Xv, params, [f"f{i}" for i in range(X.shape[1])], [])
-    shared.train(y["churn"], yv["churn"], params, 5, 5)
+    shared = _SharedDatasets(X, Xv, params, [f"f{i}" for i in range(X.shape[1])])
+    every_row = RowSample(rows=None, weights=None)
+    shared.train(every_row, y["churn"], yv["churn"], params, 5, 5)
     with pytest.raises(lgb.basic.LightGBMError):
-        shared.train(y["churn"], yv["churn"], {**params, "max_bin": 63}, 5, 5)
+        shared.train(every_row, y["churn"], yv["churn"], {**params, "max_bin": 63}, 5, 5)
 
 
 def test_outcomes_must_match(data: dict) -> None:
