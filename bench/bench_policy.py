@@ -11,7 +11,11 @@ on the training part of the time split and lets the serving engine recommend for
 held-out customers at the end of the history (the ``touchpoint recommend`` path).  It
 prints, per formulation, the oracle fraction ``(V(policy) - V(none)) / (V(oracle) -
 V(none))``, the seconds spent fitting, and the action mix, next to the best single action
-and the attribute policy computed from the ground truth itself.
+and the attribute policy computed from the ground truth itself; then, per action, the mean
+estimated and true effect on P(conversion) and P(churn) against no action and their
+correlation across customers.  ``--conversion-label before_send`` (and ``--churn-label``)
+fit the models on the labels stopped at the next send (``training/labels.py``); the
+measurements are in docs/TRAINING.md, "What limits the policy".
 """
 
 from __future__ import annotations
@@ -38,7 +42,12 @@ from features.schema import NO_ACTION  # noqa: E402
 from serving.bundle import Bundle  # noqa: E402
 from serving.engine import DecisionEngine  # noqa: E402
 from training.datasets import make_time_split  # noqa: E402
-from training.labels import LabelWindows, label_decisions  # noqa: E402
+from training.labels import (  # noqa: E402
+    CHURN_LABELS,
+    CONVERSION_LABELS,
+    LabelWindows,
+    label_decisions,
+)
 from training.models import fit_outcome_model  # noqa: E402
 from training.simulator import (  # noqa: E402
     attribute_policy_choices,
@@ -60,6 +69,19 @@ def main() -> None:
     parser.add_argument("--formulations", default="shared_offset,single,offset,per_action")
     parser.add_argument(
         "--none-per-send", type=float, default=1.0, help="sampled no-send moments per send"
+    )
+    parser.add_argument(
+        "--conversion-label",
+        choices=sorted(CONVERSION_LABELS),
+        default="logged",
+        help="label of the conversion model: logged (purchase within the horizon, default) "
+        "or before_send (stopped at the next send); see training/labels.py",
+    )
+    parser.add_argument(
+        "--churn-label",
+        choices=sorted(CHURN_LABELS),
+        default="logged",
+        help="label of the churn model: logged (default) or before_send",
     )
     args = parser.parse_args()
 
@@ -105,7 +127,8 @@ def main() -> None:
     for formulation in args.formulations.split(","):
         started = time.perf_counter()
         scorers = []
-        for target in ("conversion", "churn"):
+        targets = (CONVERSION_LABELS[args.conversion_label], CHURN_LABELS[args.churn_label])
+        for target in targets:
             y = labels[target].to_numpy(dtype=np.float64)
             scorer, _ = fit_outcome_model(
                 X[tr], codes[tr], y[tr], X[va], codes[va], y[va],
@@ -129,7 +152,7 @@ def main() -> None:
             f"  fit {fit_s:.0f}s  violations {metrics['truth.violations']:.0f}  mix "
             + ", ".join(f"{a} {p:.0%}" for a, p in mix.items())
         )
-        print("  mean effect on P(conversion) against no action, estimated vs true:")
+        print("  mean effect on P(conversion) and P(churn) against no action, estimated vs true:")
         print(effect_table.to_string(float_format=lambda v: f"{v:+.4f}"))
     print("\nformulation      oracle_fraction  fit_seconds")
     for formulation, fraction, fit_s in rows:
@@ -143,7 +166,8 @@ def _effects(
     truth: pd.DataFrame,
 ) -> pd.DataFrame:
     """Per action: the model's and the truth's mean change in P(conversion) vs no action,
-    and how well the model ranks customers by it (correlation across customers)."""
+    and how well the model ranks customers by it (correlation across customers); the same
+    for P(churn) (``churn_*`` columns)."""
     from serving.batch import recommend_batch
     from training.truth import CAMPAIGN_HOUR
 
@@ -152,16 +176,19 @@ def _effects(
     ids = list(pd.unique(truth["customer_id"].astype(str)))
     campaign = as_of.normalize() + pd.Timedelta(hours=CAMPAIGN_HOUR)
     batch = recommend_batch(engine, events, customers, campaign, ids=ids, top_k=1)
-    p_true = truth.pivot(index="customer_id", columns="action", values="p_conversion").reindex(ids)
-    rows = {}
-    for code, action in enumerate(engine.actions[1:], start=1):
-        est = batch.scored.p_conversion[:, code] - batch.scored.p_conversion[:, 0]
-        true = (p_true[action] - p_true[NO_ACTION]).to_numpy()
-        rows[action] = {
-            "estimated": est.mean(),
-            "true": true.mean(),
-            "correlation": float(np.corrcoef(est, true)[0, 1]) if est.std() > 0 else 0.0,
-        }
+    rows: dict[str, dict[str, float]] = {}
+    for outcome, prefix in (("conversion", ""), ("churn", "churn_")):
+        estimated = getattr(batch.scored, f"p_{outcome}")
+        p_true = truth.pivot(index="customer_id", columns="action", values=f"p_{outcome}")
+        p_true = p_true.reindex(ids)
+        for code, action in enumerate(engine.actions[1:], start=1):
+            est = estimated[:, code] - estimated[:, 0]
+            true = (p_true[action] - p_true[NO_ACTION]).to_numpy()
+            corr = float(np.corrcoef(est, true)[0, 1]) if est.std() > 0 else 0.0
+            rows.setdefault(action, {}).update(
+                {f"{prefix}estimated": est.mean(), f"{prefix}true": true.mean(),
+                 f"{prefix}correlation": corr}
+            )  # fmt: skip
     return pd.DataFrame(rows).T
 
 

@@ -12,6 +12,26 @@ never in ``features/``.  Definitions (defaults from the catalog, see docs/CATALO
 - A decision point whose label window runs past the end of the data is right-censored:
   its outcome is not known yet, so it is dropped (and counted) rather than labelled 0.
   The label window is ``max(conversion_days, churn_days + inactivity_days)`` long.
+
+``conversion`` measures "this decision, and then the logging policy carries on": the
+company keeps sending inside the horizon, to both arms.  The simulator's ground truth (and
+the policy's question) is "this send and nothing else".  Two extra columns describe the
+part of the horizon that is free of later sends (docs/TRAINING.md, "What limits the
+policy"):
+
+- ``next_send_days``: days from the decision to the customer's next outbound ``sent``
+  strictly after it (``inf`` if none in the data);
+- ``conversion_before_send``: a ``purchase`` in ``(t, min(t + conversion_days, next
+  send))``, i.e. the conversion label stopped (censored) at the next send;
+- ``churn_before_send``: the churn label with its explicit churn, or the start of its
+  inactivity gap, strictly before the next send.
+
+They measure "this decision, until the company speaks again": free of the later sends,
+but over a shorter and arm-dependent window (the next send comes after a few days for
+most decision points, and later after a send, whose fatigue holds the next one back), so
+they are not the ground truth's quantity either; measured in docs/TRAINING.md.  Which label a model is fit on is chosen by
+``CONVERSION_LABELS`` / ``CHURN_LABELS`` (``bench/bench_policy.py``); training uses the
+logged ones.
 """
 
 from __future__ import annotations
@@ -25,6 +45,16 @@ from features.catalog import Catalog
 from features.schema import INBOUND_TYPES
 
 _MS_PER_DAY = 86_400_000
+
+#: Which label column a conversion model can be fit on (``bench/bench_policy.py
+#: --conversion-label``): ``logged`` is "then the logging policy carries on" (the default,
+#: and the reward of the off-policy evaluation); ``before_send`` stops at the next send.
+CONVERSION_LABELS: dict[str, str] = {
+    "logged": "conversion",
+    "before_send": "conversion_before_send",
+}
+#: The same choice for the churn model.
+CHURN_LABELS: dict[str, str] = {"logged": "churn", "before_send": "churn_before_send"}
 
 
 @dataclass(frozen=True)
@@ -97,7 +127,10 @@ def label_decisions(
     -------
     DataFrame
         Aligned with ``decisions`` (same index): ``conversion`` (int8), ``churn`` (int8),
-        ``censored`` (bool: the label window runs past the end of the data).
+        ``censored`` (bool: the label window runs past the end of the data),
+        ``conversion_before_send`` and ``churn_before_send`` (int8: the outcome happened
+        before the next send) and ``next_send_days`` (float64, ``inf`` when no send
+        follows).
     """
     if len(events) == 0:
         raise ValueError("cannot label decision points: the event log is empty")
@@ -129,18 +162,29 @@ def label_decisions(
     _, next_purchase = purchases.first_after(dec_codes, dec_ms)
     conversion = (next_purchase >= 0) & (next_purchase <= dec_ms + conv_days)
 
+    # The next send ends the "this decision and nothing else" part of the horizon.  A
+    # purchase at the very same millisecond as that send does not count: it may be its
+    # response.
+    sends = _TimeIndex(ev_codes[etype == "sent"], ev_ms[etype == "sent"], span)
+    _, next_send = sends.first_after(dec_codes, dec_ms)
+    before_send = conversion & ((next_send < 0) | (next_purchase < next_send))
+    next_send_days = np.where(next_send >= 0, (next_send - dec_ms) / _MS_PER_DAY, np.inf)
+
     churns = _TimeIndex(ev_codes[etype == "churn"], ev_ms[etype == "churn"], span)
     _, next_churn = churns.first_after(dec_codes, dec_ms)
     explicit = (next_churn >= 0) & (next_churn <= dec_ms + churn_days)
 
     inbound_mask = np.isin(etype, sorted(INBOUND_TYPES - {"unsubscribe", "churn"}))
+    inbound = _TimeIndex(ev_codes[inbound_mask], ev_ms[inbound_mask], span)
     inactive = _inactivity_starts(
-        _TimeIndex(ev_codes[inbound_mask], ev_ms[inbound_mask], span),
-        dec_codes,
-        dec_ms,
-        end_ms=end_ms,
-        horizon=churn_days,
-        gap_len=gap_len,
+        inbound, dec_codes, dec_ms, end_ms=end_ms, horizon=churn_days, gap_len=gap_len
+    )
+    # The same churn, stopped at the next send: the explicit churn, or the start of the
+    # inactivity gap, must come strictly before it.
+    no_send = next_send < 0
+    churn_horizon = np.where(no_send, churn_days, np.minimum(churn_days, next_send - dec_ms - 1))
+    churn_before_send = (explicit & (no_send | (next_churn < next_send))) | _inactivity_starts(
+        inbound, dec_codes, dec_ms, end_ms=end_ms, horizon=churn_horizon, gap_len=gap_len
     )
     censored = dec_ms + windows.lookahead_days * _MS_PER_DAY > end_ms
     return pd.DataFrame(
@@ -148,6 +192,9 @@ def label_decisions(
             "conversion": conversion.astype(np.int8),
             "churn": (explicit | inactive).astype(np.int8),
             "censored": censored,
+            "conversion_before_send": before_send.astype(np.int8),
+            "churn_before_send": churn_before_send.astype(np.int8),
+            "next_send_days": next_send_days.astype(np.float64),
         },
         index=decisions.index,
     )
@@ -159,7 +206,7 @@ def _inactivity_starts(
     ms: np.ndarray,
     *,
     end_ms: int,
-    horizon: int,
+    horizon: int | np.ndarray,
     gap_len: int,
 ) -> np.ndarray:
     """True where a gap of ``gap_len`` with no inbound event starts in ``(t, t+horizon]``.

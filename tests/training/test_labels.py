@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from tests.conftest import make_events
@@ -89,3 +90,82 @@ def test_labels_ignore_other_customers() -> None:
     )
     labels = label_decisions(events, _decisions(("a", "2026-01-02")), W)
     assert labels["conversion"].tolist() == [0]
+
+
+def test_conversion_before_send_stops_at_the_next_send() -> None:
+    events = _log(
+        # a: the decision is a send; its own send is not "the next send".  Buys on day 2,
+        # before the next send on day 4: converted before the send.
+        ("a", "2026-01-01 10:00", "email", "sent", "email_promo"),
+        ("a", "2026-01-03 10:00", "web", "purchase", None, 20.0),
+        ("a", "2026-01-05 10:00", "sms", "sent", "sms_offer"),
+        # b: the next send (day 2) comes before the purchase (day 5): converted, but not
+        # before the send.
+        ("b", "2026-01-01 10:00", "email", "sent", "email_promo"),
+        ("b", "2026-01-03 10:00", "sms", "sent", "sms_offer"),
+        ("b", "2026-01-06 10:00", "web", "purchase", None, 20.0),
+        # c: a no-send moment, no send afterwards, a purchase on day 9.
+        ("c", "2026-01-10 10:00", "web", "purchase", None, 20.0),
+        # d: the purchase is at the very millisecond of the next send: not before it.
+        ("d", "2026-01-04 12:00", "push", "sent", "push_reminder"),
+        ("d", "2026-01-04 12:00", "app", "purchase", None, 20.0),
+        # e: no send, a purchase on day 15: outside the horizon for both labels.
+        ("e", "2026-01-16 10:00", "web", "purchase", None, 20.0),
+    )
+    dec = _decisions(
+        ("a", "2026-01-01 10:00"),
+        ("b", "2026-01-01 10:00"),
+        ("c", "2026-01-01 10:00"),
+        ("d", "2026-01-01 12:00"),
+        ("e", "2026-01-01 10:00"),
+    )
+    labels = label_decisions(events, dec, W)
+    assert labels["conversion"].tolist() == [1, 1, 1, 1, 0]
+    assert labels["conversion_before_send"].tolist() == [1, 0, 1, 0, 0]
+    assert labels["next_send_days"].tolist() == [4.0, 2.0, float("inf"), 3.0, float("inf")]
+
+
+def test_conversion_before_send_never_exceeds_conversion() -> None:
+    rng = np.random.default_rng(3)
+    start = pd.Timestamp("2026-01-01")
+    rows: list[tuple] = []
+    for cid in ("a", "b", "c"):
+        for _ in range(40):
+            ts = start + pd.Timedelta(hours=float(rng.uniform(0, 24 * 120)))
+            if rng.random() < 0.5:
+                rows.append((cid, ts, "email", "sent", "email_promo"))
+            else:
+                rows.append((cid, ts, "web", "purchase", None, 10.0))
+    dec = _decisions(*[(c, f"2026-02-{d:02d}") for c in ("a", "b", "c") for d in range(1, 28)])
+    labels = label_decisions(_log(*rows), dec, W)
+    assert (labels["conversion_before_send"] <= labels["conversion"]).all()
+    assert labels["conversion_before_send"].sum() > 0
+    assert (labels["conversion_before_send"] < labels["conversion"]).any()
+    assert (labels["next_send_days"] > 0).all()
+
+
+def test_churn_before_send_needs_the_churn_to_start_before_the_next_send() -> None:
+    def active(cid: str) -> list[tuple]:  # a visit every 3 days: no inactivity gap
+        days = pd.date_range("2026-03-02", "2026-06-30", freq="3D")
+        return [(cid, str(d.date()), "web", "visit") for d in days]
+
+    events = _log(
+        # f: explicit churn on day 4, after the next send on day 2.
+        *active("f"),
+        ("f", "2026-03-03 10:00", "email", "sent", "email_promo"),
+        ("f", "2026-03-05 10:00", "web", "churn"),
+        # g: explicit churn before the next send.
+        *active("g"),
+        ("g", "2026-03-02 12:00", "web", "churn"),
+        ("g", "2026-03-03 10:00", "email", "sent", "email_promo"),
+        # h: visits until day 9, then silent: the inactivity gap starts after the next send
+        # (day 3) but inside the 30-day horizon.
+        *[("h", f"2026-03-{d:02d}", "web", "visit") for d in (2, 5, 8, 10)],
+        ("h", "2026-03-04 10:00", "sms", "sent", "sms_offer"),
+        # i: the same silence with no send afterwards.
+        *[("i", f"2026-03-{d:02d}", "web", "visit") for d in (2, 5, 8, 10)],
+    )
+    dec = _decisions(*[(c, "2026-03-01 10:00") for c in "fghi"])
+    labels = label_decisions(events, dec, W)
+    assert labels["churn"].tolist() == [1, 1, 1, 1]
+    assert labels["churn_before_send"].tolist() == [0, 1, 0, 1]
