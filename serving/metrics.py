@@ -138,33 +138,17 @@ def render(snapshots: Sequence[Mapping[str, Any]]) -> str:
         lines.append(f'{hist}_bucket{{route="{r}",le="+Inf"}} {lat["count"]}')
         lines.append(f'{hist}_sum{{route="{r}"}} {lat["sum"]}')
         lines.append(f'{hist}_count{{route="{r}"}} {lat["count"]}')
-    lines += [
-        "# HELP touchpoint_decisions_total Decisions by chosen action.",
-        "# TYPE touchpoint_decisions_total counter",
-    ]
-    for action, v in sorted(total["decisions"].items()):
-        lines.append(f'touchpoint_decisions_total{{action="{_label(action)}"}} {v}')
+    lines += _labelled("decisions", "action", "Decisions by chosen action.", total["decisions"])
     lines += [
         "# HELP touchpoint_explored_decisions_total Decisions that did not pick the best-scoring action.",
         "# TYPE touchpoint_explored_decisions_total counter",
         f"touchpoint_explored_decisions_total {total['explored']}",
-        "# HELP touchpoint_suppressions_total Candidate actions removed, by contact rule.",
-        "# TYPE touchpoint_suppressions_total counter",
     ]
-    for rule, v in sorted(total["suppressions"].items()):
-        lines.append(f'touchpoint_suppressions_total{{rule="{_label(rule)}"}} {v}')
-    lines += [
-        "# HELP touchpoint_events_total Ingested events by outcome.",
-        "# TYPE touchpoint_events_total counter",
-    ]
-    for outcome, v in sorted(total["events"].items()):
-        lines.append(f'touchpoint_events_total{{outcome="{outcome}"}} {v}')
-    lines += [
-        "# HELP touchpoint_model_reloads_total Model reloads by result.",
-        "# TYPE touchpoint_model_reloads_total counter",
-    ]
-    for result, v in sorted(total["reloads"].items()):
-        lines.append(f'touchpoint_model_reloads_total{{result="{result}"}} {v}')
+    lines += _labelled(
+        "suppressions", "rule", "Candidate actions removed, by contact rule.", total["suppressions"]
+    )
+    lines += _labelled("events", "outcome", "Ingested events by outcome.", total["events"])
+    lines += _labelled("model_reloads", "result", "Model reloads by result.", total["reloads"])
     lines += [
         "# HELP touchpoint_model_info The model bundle being served (value: workers serving it).",
         "# TYPE touchpoint_model_info gauge",
@@ -172,6 +156,15 @@ def render(snapshots: Sequence[Mapping[str, Any]]) -> str:
     for version, workers in sorted(total["model_versions"].items()):
         lines.append(f'touchpoint_model_info{{model_version="{_label(version)}"}} {workers}')
     return "\n".join(lines) + "\n"
+
+
+def _labelled(name: str, label: str, help_text: str, values: Mapping[str, int]) -> list[str]:
+    """One counter family ``touchpoint_<name>_total`` with one label, sorted by its value."""
+    family = f"touchpoint_{name}_total"
+    lines = [f"# HELP {family} {help_text}", f"# TYPE {family} counter"]
+    for key, v in sorted(values.items()):
+        lines.append(f'{family}{{{label}="{_label(key)}"}} {v}')
+    return lines
 
 
 def _merge(snapshots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
