@@ -14,8 +14,8 @@ Each worker is a complete service: it loads the model, follows the registry alia
 its own metrics (and adds up the others' for ``/metrics``, serving/metrics_peers.py),
 follows a reload made through any worker (serving/shared_reload.py), and writes to the
 shared SQLite store and decision log (WAL mode, so readers never wait and writers queue
-briefly).  docs/SERVING.md, "Workers", lists what
-that means for ``/metrics`` and ``/admin/reload``.
+briefly).  docs/SERVING.md, "Workers", says what that means for ``/metrics`` and
+``/admin/reload``.
 """
 
 from __future__ import annotations
