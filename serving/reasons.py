@@ -139,7 +139,7 @@ def _top_columns(logodds: np.ndarray, effect: np.ndarray, top: int) -> list[list
     own column comes last: "action=email_promo raises conversion odds over no action" is
     true but tells a marketer nothing, so it is shown only when no feature moves the uplift.
     """
-    m, n_out, n_col = logodds.shape
+    m, _, n_col = logodds.shape
     present = np.abs(logodds) >= _ZERO
     size = np.abs(effect)
     features = np.where(present[:, :, :-1], size[:, :, :-1], -1.0).reshape(m, -1)
