@@ -24,23 +24,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.store_sample import sample_customers, store_service  # noqa: E402
 from features.online_kernel import offline_row, warm_up  # noqa: E402
 from features.pipeline import encode_customer_record  # noqa: E402
-from serving.app import Service, load_model  # noqa: E402
+from serving.app import load_model  # noqa: E402
 from serving.bundle import load_bundle  # noqa: E402
-from serving.metrics import Metrics  # noqa: E402
 from serving.online_features import request_features  # noqa: E402
-from serving.settings import ServingSettings  # noqa: E402
 
 DEFAULT_STORE = "/tmp/tpb/bench-store.db"
 DEFAULT_MODEL = "/tmp/tpb/models/touchpoint-bcafaa1cb266"
@@ -50,47 +47,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", default=DEFAULT_STORE, help="SQLite history store")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model bundle folder (its spec)")
-    parser.add_argument("--as-of", default=None, help="decision time (default: last event + 36h)")
+    parser.add_argument(
+        "--as-of", default=None, help="decision time (default: noon the day after the last event)"
+    )
     parser.add_argument("--requests", type=int, default=2000, help="customers to time")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     t0 = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="touchpoint-online-"))
-    settings = ServingSettings(
-        model=Path(args.model),
-        store_path=Path(args.store),
-        decision_log_path=work / "decisions.db",
-        seed=args.seed,
-    )
     spec = load_bundle(args.model).spec
     # Before load_model (which calls request_features): the process's first kernel call.
     first = warm_up(spec)
     print(f"warm_up (first call in this process): {first * 1e3:,.1f} ms; import + load "
           f"{(time.perf_counter() - t0):.2f} s")  # fmt: skip
 
-    service = Service(settings, Metrics())
+    service = store_service(args.model, args.store, args.seed)
     service.set_model(load_model(args.model))
-    conn = service.store._db.connection()  # type: ignore[attr-defined]
-    ids = [r[0] for r in conn.execute("SELECT DISTINCT customer_id FROM events LIMIT 200000")]
-    if not ids:
-        parser.error(f"{args.store} holds no events")
-    last = conn.execute("SELECT MAX(ts) FROM events").fetchone()[0]
-    as_of = (
-        pd.Timestamp(args.as_of)
-        if args.as_of
-        else pd.Timestamp(last, unit="ns", tz="UTC").floor("D") + pd.Timedelta(hours=36)
-    )
-    as_of_ns = int(as_of.as_unit("ns").value)
-    rng = np.random.default_rng(args.seed)
-    sample = [str(c) for c in rng.choice(ids, size=args.requests)]
+    try:
+        drawn = sample_customers(service, args.requests, args.seed, args.as_of)
+    except ValueError as exc:
+        parser.error(str(exc))
+    as_of, as_of_ns, sample = drawn.as_of, drawn.as_of_ns, drawn.ids
     requests = [
         (cid, service._stored_history(cid, as_of_ns), service.store.customer(cid)) for cid in sample
     ]
     service.close()
     print(
-        f"{len(ids):,} customers in the store; {args.requests} customers sampled; as_of "
+        f"{drawn.n_customers:,} customers in the store; {args.requests} customers sampled; as_of "
         f"{as_of.isoformat()}; {spec.n_features} features"
     )
 

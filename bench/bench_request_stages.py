@@ -29,24 +29,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import orjson
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serving.app import Service, load_model  # noqa: E402
-from serving.metrics import Metrics  # noqa: E402
+from bench.store_sample import sample_customers, store_service  # noqa: E402
+from serving.app import load_model  # noqa: E402
 from serving.online_features import request_features  # noqa: E402
 from serving.policy import sample_actions  # noqa: E402
 from serving.reasons import explain  # noqa: E402
 from serving.schemas import RecommendationRequest  # noqa: E402
-from serving.settings import ServingSettings  # noqa: E402
 
 STAGES = ("history", "customer", "features", "score", "policy", "reasons", "log", "json")
 
@@ -55,36 +52,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model bundle folder")
     parser.add_argument("--store", required=True, help="SQLite history store (built already)")
-    parser.add_argument("--as-of", default=None, help="decision time (default: last event + 1 day)")
+    parser.add_argument(
+        "--as-of", default=None, help="decision time (default: noon the day after the last event)"
+    )
     parser.add_argument("--requests", type=int, default=2000, help="decisions to time")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="touchpoint-stages-"))
-    settings = ServingSettings(
-        model=Path(args.model),
-        store_path=Path(args.store),
-        decision_log_path=work / "decisions.db",
-        seed=args.seed,
-    )
-    service = Service(settings, Metrics())
+    service = store_service(args.model, args.store, args.seed)
     model = load_model(args.model)
     service.set_model(model)
-    conn = sqlite_connection(service)
-    ids = [r[0] for r in conn.execute("SELECT DISTINCT customer_id FROM events LIMIT 200000")]
-    if not ids:
-        parser.error(f"{args.store} holds no events")
-    last = conn.execute("SELECT MAX(ts) FROM events").fetchone()[0]
-    as_of = (
-        pd.Timestamp(args.as_of)
-        if args.as_of
-        else (pd.Timestamp(last, unit="ns", tz="UTC").floor("D") + pd.Timedelta(hours=36))
-    )
-    as_of_ns = int(as_of.as_unit("ns").value)
+    try:
+        drawn = sample_customers(service, args.requests, args.seed, args.as_of)
+    except ValueError as exc:
+        parser.error(str(exc))
+    as_of, as_of_ns, sample = drawn.as_of, drawn.as_of_ns, drawn.ids
     rng = np.random.default_rng(args.seed)
-    sample = [str(c) for c in rng.choice(ids, size=args.requests)]
     print(
-        f"{len(ids):,} customers in the store; {args.requests} decisions at {as_of.isoformat()}; "
+        f"{drawn.n_customers:,} customers in the store; {args.requests} decisions at {as_of.isoformat()}; "
         f"model {model.version} ({model.bundle.conversion.formulation})",
         file=sys.stderr,
     )
@@ -140,11 +125,6 @@ def main(argv: list[str] | None = None) -> int:
         share = "" if name == "decide + log" else f"{np.median(values[keep]) / total:.0%}"
         print(f"| {name} | {np.median(v):,.0f} | {np.percentile(v, 99):,.0f} | {share} |")
     return 0
-
-
-def sqlite_connection(service: Service):  # type: ignore[no-untyped-def]
-    """The store's SQLite connection (the bench reads the customer ids from it)."""
-    return service.store._db.connection()  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":
