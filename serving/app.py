@@ -43,7 +43,6 @@ from serving.metrics import Metrics, MetricsMiddleware
 from serving.metrics_peers import MetricsPeers
 from serving.model_source import FAILED, RELOADED, ModelSource, ModelWatcher
 from serving.online_features import customer_features, request_features
-from serving.policy import sample_actions
 from serving.reasons import explain
 from serving.schemas import (
     BatchRecommendationRequest,
@@ -91,7 +90,7 @@ def load_model(path: str | Path) -> LoadedModel:
     engine = DecisionEngine(bundle)
     now = time.time_ns()
     X = request_features(bundle.spec, EventColumns.from_rows([]), None, "warm-up", now)
-    engine.distribution(engine.score(X, now))
+    engine.decide_row(X[0], now, 0.5)  # compiles the decision kernel before any request
     explain(bundle, X[0], range(len(bundle.actions)), versus=1)
     return LoadedModel(bundle=bundle, engine=engine, path=Path(path))
 
@@ -171,12 +170,10 @@ class Service:
             history = self._stored_history(cid, as_of_ns)
             source = "store"
         X = request_features(bundle.spec, history, self.store.customer(cid), cid, as_of_ns)
-        scored = engine.score(X, as_of_ns)
-        probs = engine.distribution(scored)[0]
         with self._rng_lock:
-            chosen = int(sample_actions(probs[None, :], self._rng)[0])
-        eligible = scored.eligible[0]
-        ranked = [int(a) for a in scored.ranked()[0] if eligible[a]]
+            draw = float(self._rng.random())  # as serving.policy.sample_actions draws
+        row = engine.decide_row(X[0], as_of_ns, draw)
+        chosen, ranked = row.chosen, row.ranked
         k = req.k or self.settings.default_k
         top = [chosen] + [a for a in ranked if a != chosen][: k - 1]
         explored = chosen != ranked[0]
@@ -186,8 +183,8 @@ class Service:
                 bundle,
                 X[0].astype(np.float32).astype(np.float64),
                 top,
-                p_conversion=scored.p_conversion[0, top],
-                p_churn=scored.p_churn[0, top],
+                p_conversion=row.p_conversion[top],
+                p_churn=row.p_churn[top],
                 versus=next((a for a in ranked if a != 0), None),  # what `none` beats
             )
         except Exception:  # reasons are an explanation, never a reason to fail the decision
@@ -195,11 +192,11 @@ class Service:
             reasons = [[] for _ in top]
         actions = engine.actions
         channels = engine.channel_names
-        scores = scored.scores[0].tolist()
-        p_conv = scored.p_conversion[0].tolist()
-        p_churn = scored.p_churn[0].tolist()
-        prob = probs.tolist()
-        codes = scored.suppression[0].tolist()
+        scores = row.scores.tolist()
+        p_conv = row.p_conversion.tolist()
+        p_churn = row.p_churn.tolist()
+        prob = row.probs.tolist()
+        codes = row.suppression.tolist()
         suppressed = [
             {"action": actions[a], "rule": RULES[c - 1]} for a, c in enumerate(codes) if c
         ]

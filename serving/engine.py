@@ -24,6 +24,7 @@ from serving.contact_policy import (
     in_quiet_hours,
     suppression_codes,
 )
+from serving.decision_kernel import P_DRAW, P_QUIET_NOW, decide_row, params_vector
 from serving.policy import action_costs, action_distribution, expected_values, ranking
 
 
@@ -53,6 +54,25 @@ class ScoredRows:
         return conversion_value * self.p_conversion - churn_cost * self.p_churn - costs[None, :]
 
 
+@dataclass(frozen=True)
+class RowDecision:
+    """One customer's decision (:meth:`DecisionEngine.decide_row`); arrays are
+    ``(n_actions,)`` in action-code order."""
+
+    p_conversion: np.ndarray
+    p_churn: np.ndarray
+    scores: np.ndarray
+    suppression: np.ndarray  # int8 rule codes, 0 = eligible
+    probs: np.ndarray  # the exact probability of drawing each action
+    order: np.ndarray  # action codes best first, ineligible ones last
+    chosen: int  # the action drawn
+
+    @property
+    def ranked(self) -> list[int]:
+        """Eligible action codes, best first (no action is always among them)."""
+        return [int(a) for a in self.order if self.suppression[a] == 0]
+
+
 class DecisionEngine:
     """Scores and ranks the candidate actions of feature rows, under the contact rules."""
 
@@ -73,6 +93,20 @@ class DecisionEngine:
         self.action_rules = action_rules(
             bundle.spec.channels, self.channels, catalog.contact_policy
         )
+        policy, exploration = catalog.contact_policy, catalog.exploration
+        self._row_params = params_vector(
+            cooldown_hours=policy.cooldown_hours,
+            max_total=policy.max_total,
+            conversion_value=self.conversion_value,
+            churn_cost=self.churn_cost,
+            softmax=exploration.method == "softmax",
+            epsilon=exploration.epsilon,
+            temperature=exploration.temperature,
+            control_share=exploration.control_share,
+        )
+        rules = self.action_rules
+        self._action_column = np.where(rules.has_channel, rules.column, -1).astype(np.int64)
+        self._action_cap = rules.cap.astype(np.float64)
 
     @cached_property
     def channel_names(self) -> list[str]:
@@ -102,6 +136,35 @@ class DecisionEngine:
             churn_cost=self.churn_cost,
         )
         return ScoredRows(self.actions, p_conv, p_churn, scores, codes)
+
+    def decide_row(self, x: np.ndarray, decision_time_ns: int, draw: float) -> RowDecision:
+        """One customer's decision: the same rules, models, scores, ranking and
+        exploration as :meth:`score` and :meth:`distribution` on a one-row batch, plus
+        the action that the uniform ``draw`` picks (as ``serving.policy.sample_actions``).
+
+        The request path: after the two models, everything is one compiled call
+        (serving.decision_kernel) instead of ~40 numpy operations on 11 values.
+        """
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        X = x.astype(np.float32).astype(np.float64)[None, :]  # the models' precision
+        p_conv = self.bundle.conversion.predict(X)[0]
+        p_churn = self.bundle.churn.predict(X)[0]
+        params = self._row_params.copy()
+        params[P_QUIET_NOW] = float(
+            in_quiet_hours(self.bundle.catalog.contact_policy, decision_time_ns)[0]
+        )
+        params[P_DRAW] = draw
+        n = len(self.actions)
+        codes = np.empty(n, dtype=np.int8)
+        scores, probs = np.empty(n), np.empty(n)
+        order = np.empty(n, dtype=np.int64)
+        cols, rules = self.contact_columns, self.action_rules
+        chosen = decide_row(
+            x, cols.days_since, cols.unsubscribed, cols.sends_in_window, cols.consent,
+            cols.total_in_window, self._action_column, self._action_cap, rules.quiet,
+            self.costs, params, p_conv, p_churn, codes, scores, probs, order,
+        )  # fmt: skip
+        return RowDecision(p_conv, p_churn, scores, codes, probs, order, int(chosen))
 
     def distribution(self, scored: ScoredRows) -> np.ndarray:
         """Exact action probabilities under the catalog's exploration settings."""

@@ -344,30 +344,42 @@ def _shap_rows(
     table: np.ndarray,
     out: np.ndarray,
 ) -> None:
+    # Rows innermost: a leaf's table (up to 16 KB) is read for all the rows at once, which
+    # share most of their subsets, instead of once per row.  On the demo's churn offset
+    # booster (400 KB of tables, more than L2) that was 1.26x faster for 4 rows; no change
+    # on the conversion one (120 KB).  Each phi[i, f] still receives its terms in tree,
+    # leaf, slot order, so the values are bit for bit those of one row at a time.
     n_trees = node_start.size - 1
-    hot = np.empty(max(1, nodes.shape[0]), dtype=np.int64)  # the child x takes, per node
-    for i in range(X.shape[0]):
-        x = X[i]
-        phi = out[i]
-        for t in range(n_trees):
-            n0 = node_start[t]
+    n_rows = X.shape[0]
+    width = 1
+    for t in range(n_trees):
+        width = max(width, node_start[t + 1] - node_start[t])
+    hot = np.empty((n_rows, width), dtype=np.int64)  # the child each row takes, per node
+    satisfied = np.empty(n_rows, dtype=np.int64)
+    for t in range(n_trees):
+        n0 = node_start[t]
+        for i in range(n_rows):
             for j in range(node_start[t + 1] - n0):
-                hot[j] = _next(x, nodes, thresholds, categories, n0 + j)
-            for leaf in range(tree_leaves[t], tree_leaves[t + 1]):
-                s0 = slot_start[leaf]
-                n = slot_start[leaf + 1] - s0
-                satisfied = (1 << n) - 1  # A: the slots whose every split x follows
+                hot[i, j] = _next(X[i], nodes, thresholds, categories, n0 + j)
+        for leaf in range(tree_leaves[t], tree_leaves[t + 1]):
+            s0 = slot_start[leaf]
+            n = slot_start[leaf + 1] - s0
+            v = leaf_value[leaf]
+            base = table_start[leaf]
+            for i in range(n_rows):
+                mask = (1 << n) - 1  # A: the slots whose every split the row follows
                 for k in range(step_start[leaf], step_start[leaf + 1]):
-                    if hot[step_node[k]] != step_child[k]:
-                        satisfied &= ~(1 << step_slot[k])
-                v = leaf_value[leaf]
-                base = table_start[leaf]
-                off = -v * table[base + satisfied]
+                    if hot[i, step_node[k]] != step_child[k]:
+                        mask &= ~(1 << step_slot[k])
+                satisfied[i] = mask
+            for i in range(n_rows):
+                mask = satisfied[i]
+                off = -v * table[base + mask]
                 for k in range(n):
                     bit = 1 << k
-                    if satisfied & bit:
-                        phi[slot_feature[s0 + k]] += (
-                            v * slot_ratio[s0 + k] * table[base + (satisfied ^ bit)]
+                    if mask & bit:
+                        out[i, slot_feature[s0 + k]] += (
+                            v * slot_ratio[s0 + k] * table[base + (mask ^ bit)]
                         )
                     else:
-                        phi[slot_feature[s0 + k]] += off
+                        out[i, slot_feature[s0 + k]] += off
