@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import lightgbm as lgb
 import numpy as np
 import pytest
 
-from serving.lgbm_predict import predictor
+from serving.lgbm_predict import SINGLE_ROW_MAX, predictor
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def boosters() -> dict[str, lgb.Booster]:
 
 
 @pytest.mark.parametrize("which", ["full", "stopped"])
-@pytest.mark.parametrize("rows", [1, 10, 257])
+@pytest.mark.parametrize("rows", [1, 10, SINGLE_ROW_MAX, SINGLE_ROW_MAX + 1, 257])
 def test_equal_to_booster_predict(boosters: dict[str, lgb.Booster], which: str, rows: int) -> None:
     booster = boosters[which]
     X = np.random.default_rng(rows).normal(size=(rows, 6))
@@ -45,3 +47,18 @@ def test_wrong_width_is_an_error(boosters: dict[str, lgb.Booster]) -> None:
 
 def test_empty_input(boosters: dict[str, lgb.Booster]) -> None:
     assert predictor(boosters["full"], "raw")(np.zeros((0, 6))).shape == (0,)
+
+
+def test_concurrent_single_row_predictions(boosters: dict[str, lgb.Booster]) -> None:
+    """Small predictions (the single-row path) from several threads at once stay exact."""
+    booster = boosters["stopped"]
+    predict = predictor(booster, "raw")
+    batches = [np.random.default_rng(i).normal(size=(1 + i % SINGLE_ROW_MAX, 6)) for i in range(64)]
+
+    def run(X: np.ndarray) -> np.ndarray:
+        return np.concatenate([predict(X) for _ in range(50)])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(run, batches))
+    for X, got in zip(batches, results, strict=True):
+        np.testing.assert_array_equal(got, np.tile(booster.predict(X, raw_score=True), 50))
