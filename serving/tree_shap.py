@@ -94,10 +94,6 @@ class TreeShap:
         X = np.ascontiguousarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected a (n, {self.n_features}) matrix, got shape {X.shape}")
-        # LightGBM's dense reader keeps only values farther than kZeroThreshold from zero.
-        tiny = np.abs(X) <= _ZERO_THRESHOLD
-        if tiny.any():
-            X = np.where(tiny, 0.0, X)
         out = np.zeros((X.shape[0], self.n_features))
         _shap_rows(
             X,
@@ -306,6 +302,8 @@ def _next(
 ) -> int:
     """The child (as stored) of global node ``g`` that row ``x`` goes to."""
     fval = x[nodes[g, _FEATURE]]
+    if -_ZERO_THRESHOLD <= fval <= _ZERO_THRESHOLD:
+        fval = 0.0  # LightGBM's dense reader drops values within kZeroThreshold of zero
     if nodes[g, _CATEGORICAL]:
         if np.isnan(fval) or fval <= -1.0:  # int(fval) < 0: NaN and negatives go right
             return nodes[g, _RIGHT]

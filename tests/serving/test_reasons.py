@@ -9,7 +9,7 @@ import pytest
 from features.catalog import load_catalog
 from features.spec import FeatureSpec
 from serving.bundle import Bundle, load_bundle, save_bundle
-from serving.reasons import contributions, explain
+from serving.reasons import _ZERO, _top_columns, contributions, explain
 from serving.scoring import OutcomeScorer
 from tests.serving.bundle_factory import ACTIONS, history
 
@@ -114,3 +114,37 @@ def test_reasons_rank_both_outcomes_by_their_effect_on_the_score(bundle: Bundle)
             else:
                 assert reasons[code][0].startswith("action=")
     assert seen == {"conversion", "churn"}  # both kinds of reason occur
+
+
+def _top_columns_reference(
+    logodds: np.ndarray, weight: np.ndarray, top: int
+) -> list[list[tuple[int, int]]]:
+    """The plain numpy ranking the compiled ``_top_columns`` replaced (one stable argsort)."""
+    m, _, n_col = logodds.shape
+    present = np.abs(logodds) >= _ZERO
+    size = np.abs(weight[:, :, None] * logodds)
+    features = np.where(present[:, :, :-1], size[:, :, :-1], -1.0).reshape(m, -1)
+    order = np.argsort(-features, axis=1, kind="stable")[:, :top]
+    own = np.where(present[:, :, -1], size[:, :, -1], -1.0)
+    picked = []
+    for i in range(m):
+        chosen = [divmod(int(k), n_col - 1) for k in order[i] if features[i, k] >= 0]
+        if not chosen and own[i].max() >= 0:
+            chosen = [(int(np.argmax(own[i])), n_col - 1)]
+        picked.append(chosen)
+    return picked
+
+
+def test_top_columns_equal_a_stable_sort() -> None:
+    """Ties (equal sizes, zero weights), absent contributions and rows where only the
+    action column moves: the compiled pick equals the stable argsort, pair for pair."""
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        m, n_col = int(rng.integers(1, 6)), int(rng.integers(2, 12))
+        logodds = rng.choice([0.0, 0.5, -0.5, 0.25, 1e-13, 2.0], size=(m, 2, n_col))
+        logodds[rng.random(logodds.shape) < 0.3] = rng.normal(size=1)[0]
+        if trial % 5 == 0:
+            logodds[:, :, :-1] = 0.0  # only the action's own column is left
+        weight = rng.choice([0.0, 1.0, -2.0, 0.5], size=(m, 2))
+        top = int(rng.integers(1, 5))
+        assert _top_columns(logodds, weight, top) == _top_columns_reference(logodds, weight, top)
