@@ -22,7 +22,11 @@ import pandas as pd
 from serving.decision_rewards import join_rewards
 from serving.store import SQLiteConnections
 
-__all__ = ["DecisionLog", "DecisionRecord", "OPE_COLUMNS"]
+__all__ = ["CHECKPOINT_SECONDS", "DecisionLog", "DecisionRecord", "OPE_COLUMNS"]
+
+#: How often a background thread checkpoints the log's WAL (serving.store.SQLiteConnections):
+#: appends on the request path never wait for the checkpoint's fsync.
+CHECKPOINT_SECONDS = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -84,7 +88,7 @@ class DecisionLog:
     """An append-only SQLite table of decisions (WAL mode; safe across threads)."""
 
     def __init__(self, path: str | Path) -> None:
-        self._db = SQLiteConnections(path, _SCHEMA)
+        self._db = SQLiteConnections(path, _SCHEMA, checkpoint_seconds=CHECKPOINT_SECONDS)
         self.path = self._db.path
 
     def append(self, records: Sequence[DecisionRecord]) -> None:

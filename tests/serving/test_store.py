@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from features.schema import EVENT_COLUMNS
 from serving.decision_log import OPE_COLUMNS, DecisionLog, DecisionRecord
-from serving.store import HistoryStore, SQLiteHistoryStore
+from serving.store import HistoryStore, SQLiteConnections, SQLiteHistoryStore
 from tests.conftest import make_events
 
 T0 = pd.Timestamp("2024-03-01", tz="UTC")
@@ -139,3 +140,31 @@ def test_decision_log_exports_ope_table(tmp_path: Path) -> None:
     full = log.frame(full=True)
     assert '"consent"' in full["suppressed"].iloc[0]
     log.close()
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_background_checkpoint_moves_the_wal_into_the_database(
+    tmp_path: Path, background: bool
+) -> None:
+    """With a checkpoint thread, commits never checkpoint (the fsync stays off the request
+    path) and the thread does; without one, SQLite's automatic checkpoint does."""
+    schema = "CREATE TABLE IF NOT EXISTS t (x BLOB);"
+    db = SQLiteConnections(
+        tmp_path / "t.db", schema, checkpoint_seconds=0.05 if background else None
+    )
+    conn = db.connection()
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == (0 if background else 1000)
+    size_before = (tmp_path / "t.db").stat().st_size
+    for _ in range(50):
+        with db.writing() as c:
+            c.execute("INSERT INTO t VALUES (?)", (b"x" * 4000,))
+    if background:
+        deadline = time.monotonic() + 10
+        while (tmp_path / "t.db").stat().st_size == size_before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (tmp_path / "t.db").stat().st_size > size_before + 50 * 4000
+    else:  # 50 commits are far below the automatic checkpoint's 1000 pages
+        assert (tmp_path / "t.db").stat().st_size == size_before
+    thread = db._checkpointer
+    db.close()
+    assert thread is None or not thread.is_alive()
