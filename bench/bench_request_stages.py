@@ -13,8 +13,8 @@ service runs them:
 - ``history``: the store query (events strictly before ``as_of``, four columns);
 - ``customer``: the customer's stored attributes;
 - ``features``: the feature row (``serving.online_features.request_features``);
-- ``score``: contact rules, both outcome models, expected values (``DecisionEngine.score``);
-- ``policy``: the exploration distribution, the draw and the ranking;
+- ``score + policy``: both outcome models, then contact rules, expected values, ranking,
+  the exploration distribution and the draw (``DecisionEngine.decide_row``);
 - ``reasons``: SHAP reasons of the three returned actions (``serving.reasons.explain``);
 - ``log``: appending the decision to the SQLite decision log;
 - ``json``: serializing the response body.
@@ -41,11 +41,10 @@ sys.path.insert(0, str(ROOT))
 from bench.store_sample import sample_customers, store_service  # noqa: E402
 from serving.app import load_model  # noqa: E402
 from serving.online_features import request_features  # noqa: E402
-from serving.policy import sample_actions  # noqa: E402
 from serving.reasons import explain  # noqa: E402
 from serving.schemas import RecommendationRequest  # noqa: E402
 
-STAGES = ("history", "customer", "features", "score", "policy", "reasons", "log", "json")
+STAGES = ("history", "customer", "features", "score + policy", "reasons", "log", "json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,14 +84,18 @@ def main(argv: list[str] | None = None) -> int:
         t2 = time.perf_counter()
         X = request_features(bundle.spec, history, attributes, cid, as_of_ns)
         t3 = time.perf_counter()
-        scored = engine.score(X, as_of_ns)
-        t4 = time.perf_counter()
-        probs = engine.distribution(scored)[0]
-        chosen = int(sample_actions(probs[None, :], rng)[0])
-        ranked = [int(a) for a in scored.ranked()[0] if scored.eligible[0, a]]
-        top = [chosen] + [a for a in ranked if a != chosen][:2]
+        row = engine.decide_row(X[0], as_of_ns, float(rng.random()))
+        ranked = row.ranked
+        top = [row.chosen] + [a for a in ranked if a != row.chosen][:2]
         t5 = time.perf_counter()
-        explain(bundle, X[0], top, versus=next((a for a in ranked if a != 0), None))
+        explain(
+            bundle,
+            X[0].astype(np.float32).astype(np.float64),
+            top,
+            p_conversion=row.p_conversion[top],
+            p_churn=row.p_churn[top],
+            versus=next((a for a in ranked if a != 0), None),
+        )
         t6 = time.perf_counter()
         request = RecommendationRequest(customer_id=cid, as_of=as_of.to_pydatetime())
         t7 = time.perf_counter()
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         n_events[i] = len(history)
         for name, seconds in zip(
             STAGES,
-            (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t9 - t8, t10 - t9),
+            (t1 - t0, t2 - t1, t3 - t2, t5 - t3, t6 - t5, t9 - t8, t10 - t9),
             strict=True,
         ):
             times[name][i] = seconds

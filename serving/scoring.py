@@ -113,9 +113,7 @@ class OutcomeScorer:
         idx = np.arange(len(self.actions)) if action_idx is None else np.asarray(action_idx)
         X = np.asarray(X, dtype=np.float64)
         if self.formulation in ("single", "shared_offset"):
-            rows = np.hstack(
-                [np.repeat(X, len(idx), axis=0), np.tile(self._codes[idx], len(X))[:, None]]
-            )
+            rows = _with_actions(X, self._codes[idx])
             if self.formulation == "single":
                 return self._run("all", "normal", rows).reshape(len(X), len(idx))
             base = np.repeat(self._run("base", "raw", X), len(idx))
@@ -208,6 +206,18 @@ class OutcomeScorer:
             boosters=boosters,
             calibration=None if calibration is None else Calibration.from_dict(calibration),
         )
+
+
+def _with_actions(X: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Each row of ``X`` once per action code, the code as a last column (row-major:
+    row 0 with every code, then row 1, ...).  Written in place: for the one-row request
+    path, hstack/repeat/tile cost more than the copy itself."""
+    n, k = X.shape[0], codes.size
+    rows = np.empty((n * k, X.shape[1] + 1))
+    by_row = rows.reshape(n, k, X.shape[1] + 1)  # a view: rows is contiguous
+    by_row[:, :, :-1] = X[:, None, :]
+    by_row[:, :, -1] = codes
+    return rows
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

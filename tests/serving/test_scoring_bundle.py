@@ -48,6 +48,9 @@ def test_each_formulation_finds_the_heterogeneous_effect(fitted: dict, formulati
     assert p.shape == (2000, 3) and np.all((p > 0) & (p < 1))
     uplift_sms = p[:, 2] - p[:, 0]
     assert uplift_sms[X[:, 0] > 0.5].mean() > uplift_sms[X[:, 0] < -0.5].mean() + 0.05
+    # One customer (the request path: LightGBM's single-row API) scores as in a batch.
+    np.testing.assert_array_equal(scorer.predict(X[:1]), p[:1])
+    np.testing.assert_array_equal(scorer.predict(X[5:8], [2, 0]), p[5:8][:, [2, 0]])
     # predict_logged agrees with the matching column of predict.
     codes = np.arange(2000) % 3
     np.testing.assert_allclose(
