@@ -5,7 +5,7 @@ For a batch, :class:`serving.engine.DecisionEngine` reads the contact state off 
 feature rows, applies the rules, computes expected values, ranks, and builds the
 exploration distribution with a few dozen numpy operations over ``(n, n_actions)``
 arrays.  For one customer each of those operations costs 1-5 µs of fixed overhead on an
-array of 11 values: together ~250 µs of a ~1.4 ms request.  :func:`decide_row` does the
+array of 11 values: together ~250 µs of a ~1.4 ms request.  :func:`decide` does the
 same arithmetic in one numba loop, in the same order, so the results are bit for bit
 those of the vectorized code (tests/serving/test_decision_kernel.py checks it on random
 rows and settings), with one exception: softmax exploration uses numba's ``exp``, which
@@ -21,7 +21,7 @@ import numpy as np
 
 from features.compiled import jit
 
-__all__ = ["P_CHURN_COST", "decide_row", "params_vector"]
+__all__ = ["P_DRAW", "P_QUIET_NOW", "decide", "params_vector"]
 
 # Positions in the float64 parameter vector (one array: numba's dispatch costs ~0.3 µs
 # per argument, and these change only with the model or the request).
@@ -135,7 +135,7 @@ def _ranks_before(key_a: float, key_b: float) -> bool:
 
 
 @jit(nogil=True)
-def decide_row(
+def decide(
     x: np.ndarray,
     days_since: np.ndarray,
     unsubscribed: np.ndarray,

@@ -24,7 +24,7 @@ from serving.contact_policy import (
     in_quiet_hours,
     suppression_codes,
 )
-from serving.decision_kernel import P_DRAW, P_QUIET_NOW, decide_row, params_vector
+from serving.decision_kernel import P_DRAW, P_QUIET_NOW, decide, params_vector
 from serving.policy import action_costs, action_distribution, expected_values, ranking
 
 
@@ -159,7 +159,7 @@ class DecisionEngine:
         scores, probs = np.empty(n), np.empty(n)
         order = np.empty(n, dtype=np.int64)
         cols, rules = self.contact_columns, self.action_rules
-        chosen = decide_row(
+        chosen = decide(
             x, cols.days_since, cols.unsubscribed, cols.sends_in_window, cols.consent,
             cols.total_in_window, self._action_column, self._action_cap, rules.quiet,
             self.costs, params, p_conv, p_churn, codes, scores, probs, order,
