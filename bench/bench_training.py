@@ -56,6 +56,7 @@ from training.models import (  # noqa: E402
     fit_outcome_model,
     fit_outcome_models,
 )
+from training.propensity import EARLY_STOPPING as PROPENSITY_EARLY_STOPPING  # noqa: E402
 from training.propensity import PropensityModel  # noqa: E402
 
 #: ``none`` (code 0) and the default catalog's ten actions (features/default_catalog.yaml).
@@ -269,6 +270,7 @@ def run_child(
     res["propensity_s"] = round(time.perf_counter() - t, 2)
     res["propensity_cpu_s"] = round(_cpu_seconds() - c, 2)
     res["propensity_rounds"] = prop.booster_.best_iteration
+    res["propensity_early_stopping"] = PROPENSITY_EARLY_STOPPING
 
     res["path"] = "per_outcome" if per_outcome else "shared"
     # The settings that decide the cost, recorded with the figures they produced.

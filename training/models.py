@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,6 +226,10 @@ def fit_outcome_models(
     init scores, so for ``single`` and ``shared_offset`` X (train and validation) is binned
     once, the action column is binned on its own and added to it, and every booster trains
     on its own rows of those bins (on 800k + 200k rows × 170 features binning X takes ~8 s).
+    The outcomes train side by side, one worker thread each with its share of
+    ``num_threads``, each on its own copy of its rows' bins; an outcome's boosters take
+    their init scores and the calibration its inputs from the scores LightGBM kept while
+    training (:func:`_scores_at_best_iteration`), not from predicting again.
     ``offset`` and ``per_action`` fit on per-action subsets, binned per subset; they fall
     back to one :func:`fit_outcome_model` call per outcome.
 
@@ -258,65 +263,81 @@ def fit_outcome_models(
         }
     p = _params(params, seed)
     say = progress or (lambda _msg: None)
-    clock = time.perf_counter()
-
-    def lap() -> float:
-        nonlocal clock
-        elapsed, clock = time.perf_counter() - clock, time.perf_counter()
-        return elapsed
-
-    boosters: dict[str, dict[str, lgb.Booster]] = {outcome: {} for outcome in y_train}
-    reports = {outcome: FitReport() for outcome in y_train}
+    started = time.perf_counter()
     rows = {outcome: negative_sample(y, keep, seed) for outcome, y in y_train.items()}
-    init: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     shared = _SharedDatasets(X_train, X_valid, p, feature_names or _names(X_train.shape[1]))
-    say(f"  binned X (train and valid): {lap():.1f} s")
+    say(f"  binned X (train and valid): {time.perf_counter() - started:.1f} s")
+    # One worker thread per outcome, each with its share of the LightGBM threads (trees do
+    # not depend on the thread count: tests/training/test_models_speed.py).
+    threads = max(1, int(p["num_threads"]) // len(y_train))
+    chains: dict[str, list[_Stage]] = {outcome: [] for outcome in y_train}
     if formulation == "shared_offset":
         for outcome in y_train:
-            sample = rows[outcome]
-            base = shared.train(
-                sample, y_train[outcome], y_valid[outcome], p, num_rounds, early_stopping
-            )
-            boosters[outcome]["base"] = base
-            reports[outcome].best_iterations["base"] = base.best_iteration
-            say(f"  {outcome} base: {base.best_iteration} rounds, {lap():.1f} s")
-            init[outcome] = (_raw_scores(base, X_train, sample.rows), _raw_scores(base, X_valid))
-            say(f"  {outcome} base raw scores (init scores of the offset): {lap():.1f} s")
+            train, valid = shared.copy(rows[outcome], y_train[outcome], y_valid[outcome])
+            chains[outcome].append(_Stage("base", {**p, "num_threads": threads}, train, valid))
         key, with_action_params = "offset", {**p, **SHARED_OFFSET_PARAMS}
     else:
         key, with_action_params = "all", p
-    shared.add_action(a_train, a_valid, with_action_params, init_scores=bool(init))
-    say(f"  binned the action column, added to X: {lap():.1f} s")
+    shared.add_action(a_train, a_valid, with_action_params)
     for outcome in y_train:
-        booster = shared.train(
-            rows[outcome],
-            y_train[outcome],
-            y_valid[outcome],
-            with_action_params,
-            num_rounds,
-            early_stopping,
-            init=init.get(outcome),
-        )
-        boosters[outcome][key] = booster
-        reports[outcome].best_iterations[key] = booster.best_iteration
-        say(f"  {outcome} {key}: {booster.best_iteration} rounds, {lap():.1f} s")
+        train, valid = shared.copy(rows[outcome], y_train[outcome], y_valid[outcome])
+        stage = _Stage(key, {**with_action_params, "num_threads": threads}, train, valid)
+        chains[outcome].append(stage)
     del shared
+    say(f"  datasets of each booster (action column added): {time.perf_counter() - started:.1f} s")
+
+    def fit_chain(outcome: str) -> tuple[dict[str, lgb.Booster], np.ndarray]:
+        return _fit_chain(chains[outcome], num_rounds, early_stopping, say, outcome)
+
+    with ThreadPoolExecutor(max_workers=len(y_train)) as pool:
+        chained = dict(zip(y_train, pool.map(fit_chain, y_train), strict=True))
     fitted = {}
-    for outcome in y_train:
-        scorer = OutcomeScorer(formulation=formulation, actions=actions, boosters=boosters[outcome])
-        # The training threads for this batch prediction (rows are scored independently, so
-        # the same numbers), then back to the scorer's serving default, as serving.batch does.
-        serving_threads, scorer.threads = scorer.threads, int(p["num_threads"])
-        try:
-            raw_valid = scorer.predict_logged(X_valid, a_valid)
-        finally:
-            scorer.threads = serving_threads
-        scorer.calibration, report = _choose_calibration(
-            raw_valid, y_valid[outcome], reports[outcome], seed
-        )
+    for outcome, (boosters, raw_valid) in chained.items():
+        report = FitReport(best_iterations={k: b.best_iteration for k, b in boosters.items()})
+        scorer = OutcomeScorer(formulation=formulation, actions=actions, boosters=boosters)
+        scorer.calibration, report = _choose_calibration(raw_valid, y_valid[outcome], report, seed)
         fitted[outcome] = (scorer, report)
-    say(f"  calibration choice: {lap():.1f} s")
+    say(f"  boosters and calibration choice: {time.perf_counter() - started:.1f} s")
     return fitted
+
+
+@dataclass
+class _Stage:
+    """One booster of an outcome: its name, parameters and own training and validation
+    datasets (copies, so that the outcomes can train at the same time)."""
+
+    key: str
+    params: Mapping[str, Any]
+    train: lgb.Dataset
+    valid: lgb.Dataset
+
+
+def _fit_chain(
+    stages: list[_Stage],
+    num_rounds: int,
+    early_stopping: int,
+    say: Callable[[str], None],
+    outcome: str,
+) -> tuple[dict[str, lgb.Booster], np.ndarray]:
+    """Train an outcome's boosters in turn, each from the previous one's scores (the offset
+    on top of the base; the rows are the same); return them and the last one's validation
+    scores: the uncalibrated predictions of the logged actions."""
+    boosters: dict[str, lgb.Booster] = {}
+    init: tuple[np.ndarray, np.ndarray] | None = None
+    valid_scores = np.empty(0)
+    for stage in stages:
+        started = time.perf_counter()
+        if init is not None:
+            stage.train.set_init_score(init[0])
+            stage.valid.set_init_score(init[1])
+        booster, train_scores, valid_scores = _boost(
+            stage.params, stage.train, stage.valid, num_rounds, early_stopping
+        )
+        boosters[stage.key] = booster
+        init = (_logit(train_scores), _logit(valid_scores))
+        elapsed = time.perf_counter() - started
+        say(f"  {outcome} {stage.key}: {booster.best_iteration} rounds, {elapsed:.1f} s")
+    return boosters, valid_scores
 
 
 @dataclass(frozen=True)
@@ -347,10 +368,34 @@ def negative_sample(y: np.ndarray, keep: float, seed: int) -> RowSample:
     return RowSample(rows=rows, weights=weights)
 
 
-def _raw_scores(booster: lgb.Booster, X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """Raw scores (log-odds) of ``X`` or of its ``rows``."""
-    data = X if rows is None else X[rows]
-    return np.asarray(booster.predict(data, raw_score=True), dtype=np.float64)
+def _scores_at_best_iteration(booster: lgb.Booster) -> tuple[np.ndarray, np.ndarray]:
+    """The probabilities LightGBM kept for the booster's training and validation rows while
+    it trained, at its best iteration (init scores included).
+
+    Predicting these rows again from the raw features cost 14 s of the 1M benchmark (the
+    base boosters' scores as the offsets' init scores, 8.5 s; the validation predictions for
+    the calibration choice, 5.5 s).  LightGBM updates every training row's score each round
+    (the out-of-bag rows of bagging too), so they are at hand.  The rounds past the best one
+    (the early-stopping patience) are rolled back first: no prediction or saved model uses
+    them (LightGBM stops at ``best_iteration``), and rolling back subtracts their trees from
+    the kept scores.  Equal to ``predict`` to ~1e-15 (tests/training/test_models_speed.py).
+    """
+    while booster.current_iteration() > booster.best_iteration:
+        booster.rollback_one_iter()
+    # Booster.__inner_predict (private, so mypy does not know it): LightGBM's scores of
+    # dataset 0 (training) or 1 (the first validation set), converted by the objective
+    # (probabilities), in a buffer it reuses, hence the copies.
+    inner_predict = getattr(booster, "_Booster__inner_predict")  # noqa: B009
+    train = np.array(inner_predict(data_idx=0), dtype=np.float64)
+    valid = np.array(inner_predict(data_idx=1), dtype=np.float64)
+    return train, valid
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    """Log-odds of probabilities (the binary objective's raw scores, back from its sigmoid)."""
+    # Finite even where the sigmoid rounded to 0 or 1 (raw scores beyond ±36).
+    p = np.clip(p, np.finfo(np.float64).tiny, 1 - np.finfo(np.float64).epsneg)
+    return np.log(p) - np.log1p(-p)
 
 
 class _SharedDatasets:
@@ -367,16 +412,12 @@ class _SharedDatasets:
     def __init__(
         self, X: np.ndarray, Xv: np.ndarray, params: Mapping[str, Any], names: list[str]
     ) -> None:
-        self.init_scores = False
-        self.has_action = False
         self.train_set = lgb.Dataset(X, feature_name=names, params=dict(params)).construct()
         self.valid_set = lgb.Dataset(
             Xv, reference=self.train_set, feature_name=names, params=dict(params)
         ).construct()
 
-    def add_action(
-        self, a: np.ndarray, av: np.ndarray, params: Mapping[str, Any], *, init_scores: bool
-    ) -> None:
+    def add_action(self, a: np.ndarray, av: np.ndarray, params: Mapping[str, Any]) -> None:
         """Add the action code as the last, categorical column.
 
         Binning one column costs far less than binning [X, action] again (on 800k + 200k
@@ -400,37 +441,47 @@ class _SharedDatasets:
             warnings.filterwarnings("ignore", message="Resetting categorical features")
             self.train_set.add_features_from(action_train)
             self.valid_set.add_features_from(column(av, action_train))
-        self.has_action, self.init_scores = True, init_scores
 
-    def train(
-        self,
-        sample: RowSample,
-        y: np.ndarray,
-        yv: np.ndarray,
-        params: Mapping[str, Any],
-        num_rounds: int,
-        early_stopping: int,
-        init: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> lgb.Booster:
-        if (init is not None) != self.init_scores:
-            raise ValueError("every booster on these datasets needs init scores, or none does")
+    def copy(
+        self, sample: RowSample, y: np.ndarray, yv: np.ndarray
+    ) -> tuple[lgb.Dataset, lgb.Dataset]:
+        """One booster's own training rows (with their labels and weights) and validation
+        set, copied from these bins: a booster keeps pointers to its datasets' labels and
+        init scores, so boosters that train at the same time cannot share them."""
         self.train_set.set_label(y)  # a subset copies its rows' labels from here
         self.valid_set.set_label(yv)
-        data = self.train_set
-        if sample.rows is not None:
-            data = self.train_set.subset(sample.rows.tolist()).construct()
-            data.set_weight(sample.weights)
-        if init is not None:
-            data.set_init_score(init[0])
-            self.valid_set.set_init_score(init[1])
-        return lgb.train(
-            dict(params),
-            data,
-            num_boost_round=num_rounds,
-            valid_sets=[self.valid_set],
-            valid_names=["valid"],
-            callbacks=[lgb.early_stopping(early_stopping, verbose=False)],
-        )
+        every_row = list(range(self.train_set.num_data()))
+        train = self.train_set.subset(every_row if sample.rows is None else sample.rows.tolist())
+        train.construct()
+        if sample.weights is not None:
+            train.set_weight(sample.weights)
+        valid = self.valid_set.subset(list(range(self.valid_set.num_data()))).construct()
+        return train, valid
+
+
+def _boost(
+    params: Mapping[str, Any],
+    train: lgb.Dataset,
+    valid: lgb.Dataset,
+    num_rounds: int,
+    early_stopping: int,
+) -> tuple[lgb.Booster, np.ndarray, np.ndarray]:
+    """A booster with early stopping, and its probabilities of the training and the
+    validation rows at its best iteration (:func:`_scores_at_best_iteration`)."""
+    booster = lgb.train(
+        dict(params),
+        train,
+        num_boost_round=num_rounds,
+        valid_sets=[valid],
+        valid_names=["valid"],
+        callbacks=[lgb.early_stopping(early_stopping, verbose=False)],
+        keep_training_booster=True,
+    )
+    train_scores, valid_scores = _scores_at_best_iteration(booster)
+    # What lgb.train does without keep_training_booster: keep the model, release the
+    # training state (its bins, gradients and scores).
+    booster.model_from_string(booster.model_to_string()).free_dataset()
+    return booster, train_scores, valid_scores
 
 
 def _train(

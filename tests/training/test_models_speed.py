@@ -3,8 +3,8 @@
 to X's bins gives the same trees as binning [X, action] from scratch.
 
 "Same" means the same bits: the same LightGBM model text (trees, thresholds, leaf
-values, parameters), the same best iterations, the same calibration and the same
-predictions.
+values, parameters; only ``num_threads`` differs, as the outcomes train side by side, one
+thread each), the same best iterations, the same calibration and the same predictions.
 """
 
 from __future__ import annotations
@@ -14,15 +14,18 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pytest
+from sklearn.metrics import brier_score_loss
 
 from training.models import (
     DEFAULT_PARAMS,
     RowSample,
+    _boost,
     _params,
     _SharedDatasets,
     _train,
     fit_outcome_model,
     fit_outcome_models,
+    negative_sample,
 )
 
 ACTIONS = ("none", "email_promo", "email_content", "sms_offer", "push_reminder", "phone_call")
@@ -64,7 +67,8 @@ def _assert_same(one: tuple, shared: tuple, X: np.ndarray, a: np.ndarray) -> Non
     assert r1 == r2  # best iterations, calibrated, both Brier scores
     assert list(s1.boosters) == list(s2.boosters)
     for key in s1.boosters:
-        assert s1.boosters[key].model_to_string() == s2.boosters[key].model_to_string(), key
+        one_text, shared_text = (s.boosters[key].model_to_string() for s in (s1, s2))
+        assert _without_threads(one_text) == _without_threads(shared_text), key
     assert s1.calibration == s2.calibration
     assert s1.threads == s2.threads == 1  # the serving default, after a 2-thread batch
     np.testing.assert_array_equal(s1.predict(X), s2.predict(X))
@@ -142,15 +146,23 @@ def test_shared_datasets_refuse_to_be_binned_again(data: dict) -> None:
     params = {**DEFAULT_PARAMS, "seed": 0}
     shared = _SharedDatasets(X, Xv, params, [f"f{i}" for i in range(X.shape[1])])
     every_row = RowSample(rows=None, weights=None)
-    shared.train(every_row, y["churn"], yv["churn"], params, 5, 5)
+    _boost(params, *shared.copy(every_row, y["churn"], yv["churn"]), 5, 5)
     with pytest.raises(lgb.basic.LightGBMError):
-        shared.train(every_row, y["churn"], yv["churn"], {**params, "max_bin": 63}, 5, 5)
+        train, valid = shared.copy(every_row, y["churn"], yv["churn"])
+        _boost({**params, "max_bin": 63}, train, valid, 5, 5)
 
 
 def test_outcomes_must_match(data: dict) -> None:
     (X, a, y), (Xv, av, yv) = data["train"], data["valid"]
     with pytest.raises(ValueError, match="outcomes differ"):
         fit_outcome_models(X, a, y, Xv, av, {"conversion": yv["conversion"]}, **FIT_KW)
+
+
+def _without_threads(model_text: str) -> str:
+    """A LightGBM model's text without its ``num_threads`` parameter line."""
+    lines = model_text.splitlines()
+    assert sum(line.startswith("[num_threads: ") for line in lines) == 1
+    return "\n".join(line for line in lines if not line.startswith("[num_threads: "))
 
 
 def _trees(model_text: str) -> str:
@@ -180,3 +192,27 @@ def test_histogram_strategy_changes_no_tree(data: dict) -> None:
             text = shared["churn"][0].boosters[key].model_to_string()
             assert _trees(booster.model_to_string()) == _trees(text)
         np.testing.assert_array_equal(scorer.predict(X), shared["churn"][0].predict(X))
+
+
+def test_scores_kept_by_lightgbm_equal_predictions(data: dict) -> None:
+    """The offsets' init scores and the calibration's inputs are LightGBM's own scores of
+    the training and validation rows at the best iteration (the patience rounds rolled
+    back), not predictions made again: they equal those predictions."""
+    (X, _a, y), (Xv, _av, yv) = data["train"], data["valid"]
+    params = _params(None, FIT_KW["seed"])
+    shared = _SharedDatasets(X, Xv, params, [f"f{i}" for i in range(X.shape[1])])
+    sample = negative_sample(y["conversion"], 0.4, FIT_KW["seed"])
+    train, valid = shared.copy(sample, y["conversion"], yv["conversion"])
+    booster, train_scores, valid_scores = _boost(params, train, valid, 200, 10)
+    assert 0 < booster.best_iteration == booster.current_iteration() < 200 - 10
+    np.testing.assert_allclose(train_scores, booster.predict(X[sample.rows]), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(valid_scores, booster.predict(Xv), rtol=0, atol=1e-12)
+
+
+def test_calibration_is_chosen_on_the_predictions_of_the_logged_actions(data: dict) -> None:
+    (X, a, y), (Xv, av, yv) = data["train"], data["valid"]
+    fits = fit_outcome_models(X, a, y, Xv, av, yv, formulation="shared_offset", **FIT_KW)
+    for outcome, (scorer, report) in fits.items():
+        scorer.calibration = None
+        raw = scorer.predict_logged(Xv, av)
+        assert report.valid_brier_raw == pytest.approx(brier_score_loss(yv[outcome], raw), 1e-12)
