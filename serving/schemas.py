@@ -9,7 +9,7 @@ whole request.  Unknown fields are rejected (a misspelt field would otherwise va
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import pandas as pd
@@ -71,6 +71,13 @@ class EventIn(BaseModel):
     decision_id: str | None = None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+#: The decision times pandas (and the features) can hold: ns since the epoch in int64.
+_MIN_NS = int(pd.Timestamp.min.as_unit("ns").value)
+_MAX_NS = int(pd.Timestamp.max.as_unit("ns").value)
+
+
 class RecommendationRequest(_Strict):
     """``POST /v1/recommendations``."""
 
@@ -93,10 +100,10 @@ class RecommendationRequest(_Strict):
             return None
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        try:
-            pd.Timestamp(value).as_unit("ns")
-        except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime) as exc:
-            raise ValueError("as_of is out of the supported range (1677-2262)") from exc
+        # Integer arithmetic, not pd.Timestamp(value): that cost ~40 µs per request.
+        ns = (value - _EPOCH) // _MICROSECOND * 1000
+        if not _MIN_NS <= ns <= _MAX_NS:
+            raise ValueError("as_of is out of the supported range (1677-2262)")
         return value
 
 

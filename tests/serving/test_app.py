@@ -232,6 +232,10 @@ def test_batch(client: TestClient) -> None:
         ({"customer_id": "c1", "k": 21}, ["body", "k"]),
         ({"customer_id": "c1", "as_of": "yesterday"}, ["body", "as_of"]),
         ({"customer_id": "c1", "as_of": "9999-01-01T00:00:00Z"}, ["body", "as_of"]),
+        # One µs past the last and before the first time pandas holds in ns.
+        ({"customer_id": "c1", "as_of": "2262-04-11T23:47:16.854776Z"}, ["body", "as_of"]),
+        ({"customer_id": "c1", "as_of": "1677-09-21T00:12:43.145224Z"}, ["body", "as_of"]),
+        ({"customer_id": "c1", "as_of": "2262-04-11T23:00:00-01:00"}, ["body", "as_of"]),
         ({"customer_id": "c1", "kk": 3}, ["body", "kk"]),
         ({"customer_id": "c1", "events": [{"customer_id": "c1", "timestamp": "x",
           "channel": "web", "event_type": "visit"}]}, ["body", "events", 0]),
