@@ -14,8 +14,11 @@ V(none))``, the seconds spent fitting, and the action mix, next to the best sing
 and the attribute policy computed from the ground truth itself; then, per action, the mean
 estimated and true effect on P(conversion) and P(churn) against no action and their
 correlation across customers.  ``--conversion-label before_send`` (and ``--churn-label``)
-fit the models on the labels stopped at the next send (``training/labels.py``); the
-measurements are in docs/TRAINING.md, "What limits the policy".
+fit the models on the labels stopped at the next send (``training/labels.py``);
+``--offset-features effects`` restricts the shared offset booster to
+``training.effect_features``, and ``--refit-all`` refits it on every labelled row
+(``training/refit.py``).  The measurements are in docs/TRAINING.md, "What limits the
+policy".
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from features.schema import NO_ACTION  # noqa: E402
 from serving.bundle import Bundle  # noqa: E402
 from serving.engine import DecisionEngine  # noqa: E402
 from training.datasets import make_time_split  # noqa: E402
+from training.effect_features import effect_features  # noqa: E402
 from training.labels import (  # noqa: E402
     CHURN_LABELS,
     CONVERSION_LABELS,
@@ -49,6 +53,7 @@ from training.labels import (  # noqa: E402
     label_decisions,
 )
 from training.models import fit_outcome_model  # noqa: E402
+from training.refit import refit_shared_offset  # noqa: E402
 from training.simulator import (  # noqa: E402
     attribute_policy_choices,
     best_single_action_choices,
@@ -82,6 +87,19 @@ def main() -> None:
         choices=sorted(CHURN_LABELS),
         default="logged",
         help="label of the churn model: logged (default) or before_send",
+    )
+    parser.add_argument(
+        "--offset-features",
+        choices=("all", "effects"),
+        default="all",
+        help="what the shared offset booster may split on besides the action: every feature "
+        "(default) or training.effect_features (attributes, channel rates, fatigue, presence)",
+    )
+    parser.add_argument(
+        "--refit-all",
+        action="store_true",
+        help="shared_offset: refit on every labelled row with the split's rounds x "
+        "training.refit.REFIT_ROUNDS_MULTIPLIER (training/refit.py)",
     )
     args = parser.parse_args()
 
@@ -128,13 +146,21 @@ def main() -> None:
         started = time.perf_counter()
         scorers = []
         targets = (CONVERSION_LABELS[args.conversion_label], CHURN_LABELS[args.churn_label])
+        names = list(spec.feature_names)
+        restrict = args.offset_features == "effects" and formulation == "shared_offset"
+        offset_features = effect_features(names) if restrict else None
         for target in targets:
             y = labels[target].to_numpy(dtype=np.float64)
-            scorer, _ = fit_outcome_model(
+            scorer, report = fit_outcome_model(
                 X[tr], codes[tr], y[tr], X[va], codes[va], y[va],
                 actions=actions, formulation=formulation,  # type: ignore[arg-type]
-                feature_names=list(spec.feature_names), seed=args.seed,
+                feature_names=names, seed=args.seed, offset_features=offset_features,
             )  # fmt: skip
+            if args.refit_all and formulation == "shared_offset":
+                scorer = refit_shared_offset(
+                    X, codes, y, report, actions=actions, seed=args.seed,
+                    feature_names=names, offset_features=offset_features,
+                )  # fmt: skip
             scorers.append(scorer)
         fit_s = time.perf_counter() - started
         engine = DecisionEngine(

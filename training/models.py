@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from serving.scoring import Calibration, Formulation, OutcomeScorer
+from training.effect_features import offset_contributions
 
 #: LightGBM defaults, chosen for ~100k–1M rows on 2 cores; overridable from the CLI.
 DEFAULT_PARAMS: Mapping[str, Any] = {
@@ -110,12 +111,13 @@ def fit_outcome_model(
     feature_names: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
     negative_keep: float | None = None,
+    offset_features: Sequence[str] | None = None,
 ) -> tuple[OutcomeScorer, FitReport]:
     """Fit one outcome (conversion or churn) for every action, then decide on calibration.
 
     ``a_*`` are action codes (index into ``actions``; ``none`` is 0).  ``single`` and
-    ``shared_offset`` are :func:`fit_outcome_models` with one outcome (``negative_keep``:
-    see there); ``offset`` and ``per_action`` train on every row.
+    ``shared_offset`` are :func:`fit_outcome_models` with one outcome (``negative_keep``
+    and ``offset_features``: see there); ``offset`` and ``per_action`` train on every row.
     """
     if formulation in ("single", "shared_offset"):
         # One code path for these two: fit_outcome_models with a single outcome.
@@ -135,6 +137,7 @@ def fit_outcome_model(
             feature_names=feature_names,
             progress=progress,
             negative_keep=negative_keep,
+            offset_features=offset_features,
         )["y"]
     p = _params(params, seed)
     report = FitReport()
@@ -217,6 +220,7 @@ def fit_outcome_models(
     feature_names: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
     negative_keep: float | None = None,
+    offset_features: Sequence[str] | None = None,
 ) -> dict[str, tuple[OutcomeScorer, FitReport]]:
     """Fit several outcomes (e.g. ``{"conversion": y_c, "churn": y_ch}``) on the same rows.
 
@@ -237,10 +241,15 @@ def fit_outcome_models(
     each outcome's boosters train on all of its positive rows and a seeded random share
     ``negative_keep`` of its negative rows, weighted ``1 / negative_keep``.  The validation
     rows (early stopping, calibration) are all kept, unweighted.
+
+    ``offset_features`` (``shared_offset`` only; default: every feature): the features the
+    offset booster may split on besides the action (``training.effect_features``).
     """
     if set(y_train) != set(y_valid):
         raise ValueError(f"outcomes differ: train {sorted(y_train)}, valid {sorted(y_valid)}")
     keep = NEGATIVE_KEEP if negative_keep is None else negative_keep
+    if offset_features is not None and formulation != "shared_offset":
+        raise ValueError("offset_features applies to the shared_offset formulation only")
     if formulation not in ("single", "shared_offset"):
         return {
             outcome: fit_outcome_model(
@@ -265,7 +274,8 @@ def fit_outcome_models(
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     rows = {outcome: negative_sample(y, keep, seed) for outcome, y in y_train.items()}
-    shared = _SharedDatasets(X_train, X_valid, p, feature_names or _names(X_train.shape[1]))
+    names = feature_names or _names(X_train.shape[1])
+    shared = _SharedDatasets(X_train, X_valid, p, names)
     say(f"  binned X (train and valid): {time.perf_counter() - started:.1f} s")
     # One worker thread per outcome, each with its share of the LightGBM threads (trees do
     # not depend on the thread count: tests/training/test_models_speed.py).
@@ -276,6 +286,9 @@ def fit_outcome_models(
             train, valid = shared.copy(rows[outcome], y_train[outcome], y_valid[outcome])
             chains[outcome].append(_Stage("base", {**p, "num_threads": threads}, train, valid))
         key, with_action_params = "offset", {**p, **SHARED_OFFSET_PARAMS}
+        if offset_features is not None:
+            contri = offset_contributions(names, offset_features)
+            with_action_params["feature_contri"] = contri
     else:
         key, with_action_params = "all", p
     shared.add_action(a_train, a_valid, with_action_params)

@@ -1,0 +1,85 @@
+"""Refit the ``shared_offset`` boosters on every labelled decision point.
+
+The time split trains on the first part of the labelled span only: the validation part,
+the test part and the two gaps as long as the label window take the rest (on the default
+simulation 243k of 718k labelled rows).  Once early stopping on validation has chosen
+each booster's number of rounds, the same boosters refit on all the rows with
+:data:`REFIT_ROUNDS_MULTIPLIER` times those rounds (more data supports more rounds)
+learn the action effects from three times the data.
+
+The cost: no rows are left out of a refit model.  Its figures on the test period are not
+out-of-sample any more, so evaluation (off-policy estimates, the champion comparison)
+must use the split-fitted models, and no calibration is fitted (there is no held-out part
+to fit it on).  ``touchpoint train`` therefore does not refit yet; ``bench/bench_policy.py
+--refit-all`` measures what it would gain (docs/TRAINING.md, "What limits the policy").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+from serving.scoring import OutcomeScorer
+from training.effect_features import offset_contributions
+from training.models import (
+    NEGATIVE_KEEP,
+    SHARED_OFFSET_PARAMS,
+    FitReport,
+    _names,
+    _params,
+    negative_sample,
+)
+
+__all__ = ["REFIT_ROUNDS_MULTIPLIER", "refit_shared_offset"]
+
+#: Rounds of a refit booster, per round early stopping chose on the time split.
+REFIT_ROUNDS_MULTIPLIER = 1.2
+
+
+def refit_shared_offset(
+    X: np.ndarray,
+    a: np.ndarray,
+    y: np.ndarray,
+    report: FitReport,
+    *,
+    actions: tuple[str, ...],
+    params: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    feature_names: Sequence[str] | None = None,
+    negative_keep: float | None = None,
+    offset_features: Sequence[str] | None = None,
+) -> OutcomeScorer:
+    """The ``shared_offset`` scorer of one outcome refit on all rows ``X``, ``a`` (action
+    codes), ``y``, with the rounds of ``report`` (the split fit's, see the module
+    docstring) times :data:`REFIT_ROUNDS_MULTIPLIER`; same parameters, negative subsample
+    and offset features as :func:`training.models.fit_outcome_models`.  Uncalibrated."""
+    rounds = {
+        key: max(1, round(report.best_iterations[key] * REFIT_ROUNDS_MULTIPLIER))
+        for key in ("base", "offset")
+    }
+    p = _params(params, seed)
+    names = list(feature_names or _names(X.shape[1]))
+    sample = negative_sample(y, NEGATIVE_KEEP if negative_keep is None else negative_keep, seed)
+    rows = np.arange(len(y)) if sample.rows is None else sample.rows
+    Xs, ys, a_s = X[rows], y[rows], a[rows]
+    base = lgb.train(
+        p, lgb.Dataset(Xs, ys, weight=sample.weights, feature_name=names), rounds["base"]
+    )
+    offset_params = {**p, **SHARED_OFFSET_PARAMS}
+    if offset_features is not None:
+        offset_params["feature_contri"] = offset_contributions(names, offset_features)
+    with_action = lgb.Dataset(
+        np.column_stack([Xs, a_s.astype(np.float64)]),
+        ys,
+        weight=sample.weights,
+        init_score=base.predict(Xs, raw_score=True),
+        feature_name=[*names, "action_code"],
+        categorical_feature=[len(names)],
+    )
+    offset = lgb.train(offset_params, with_action, rounds["offset"])
+    return OutcomeScorer(
+        formulation="shared_offset", actions=actions, boosters={"base": base, "offset": offset}
+    )
