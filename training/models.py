@@ -481,15 +481,7 @@ def _boost(
 ) -> tuple[lgb.Booster, np.ndarray, np.ndarray]:
     """A booster with early stopping, and its probabilities of the training and the
     validation rows at its best iteration (:func:`_scores_at_best_iteration`)."""
-    booster = lgb.train(
-        dict(params),
-        train,
-        num_boost_round=num_rounds,
-        valid_sets=[valid],
-        valid_names=["valid"],
-        callbacks=[lgb.early_stopping(early_stopping, verbose=False)],
-        keep_training_booster=True,
-    )
+    booster = _early_stopped(params, train, valid, num_rounds, early_stopping, keep=True)
     train_scores, valid_scores = _scores_at_best_iteration(booster)
     # What lgb.train does without keep_training_booster: keep the model, release the
     # training state (its bins, gradients and scores).
@@ -514,6 +506,20 @@ def _train(
         X, y, feature_name=names, categorical_feature=categorical or "auto", init_score=init_train
     )
     valid = lgb.Dataset(Xv, yv, reference=train, init_score=init_valid)
+    return _early_stopped(params, train, valid, num_rounds, early_stopping)
+
+
+def _early_stopped(
+    params: Mapping[str, Any],
+    train: lgb.Dataset,
+    valid: lgb.Dataset,
+    num_rounds: int,
+    early_stopping: int,
+    *,
+    keep: bool = False,
+) -> lgb.Booster:
+    """``lgb.train`` stopping after ``early_stopping`` rounds without a better validation
+    loss; ``keep``: keep the training state (LightGBM's ``keep_training_booster``)."""
     return lgb.train(
         dict(params),
         train,
@@ -521,6 +527,7 @@ def _train(
         valid_sets=[valid],
         valid_names=["valid"],
         callbacks=[lgb.early_stopping(early_stopping, verbose=False)],
+        keep_training_booster=keep,
     )
 
 
