@@ -213,3 +213,10 @@ def test_train_negative_keep_reaches_the_config() -> None:
     assert train_config(args).negative_keep == 1.0
     default = build_parser().parse_args(["train", "--events", "e.csv"])
     assert train_config(default).negative_keep == NEGATIVE_KEEP
+
+
+def test_train_offset_features_reach_the_config() -> None:
+    args = build_parser().parse_args(["train", "--events", "e.csv", "--offset-features", "effects"])
+    assert train_config(args).offset_features == "effects"
+    default = build_parser().parse_args(["train", "--events", "e.csv"])
+    assert train_config(default).offset_features == "all"

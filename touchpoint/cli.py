@@ -216,6 +216,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         n_bootstrap=args.bootstrap,
         max_train_rows=args.max_train_rows,
         **({} if args.negative_keep is None else {"negative_keep": args.negative_keep}),
+        offset_features=args.offset_features,
     )
 
 
@@ -652,6 +653,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="share of each outcome's negative rows the boosters train on, weighted back "
         "(default: training.models.NEGATIVE_KEEP, 0.3; 1 = every row)",
+    )
+    p.add_argument(
+        "--offset-features",
+        choices=("all", "effects"),
+        default="all",
+        help="what the shared_offset formulation's offset booster (the action effects) may "
+        "split on: every feature (default), or the customer attributes, channel open/click "
+        "rates and fatigue features (training/effect_features.py; docs/TRAINING.md)",
     )
     p.add_argument(
         "--models-dir", default="models", help="where bundles are written (default models/)"

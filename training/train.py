@@ -24,6 +24,7 @@ from serving.bundle import load_bundle, save_bundle
 from serving.engine import DecisionEngine
 from serving.scoring import OutcomeScorer
 from training.datasets import TimeSplit, make_time_split
+from training.effect_features import effect_features
 from training.evaluation import (
     LoggedRounds,
     choose_best_single_action,
@@ -57,6 +58,9 @@ class TrainConfig:
     #: Share of each outcome's negative rows its boosters train on, weighted back
     #: (training.models.negative_sample); 1.0 trains on every row.
     negative_keep: float = NEGATIVE_KEEP
+    #: What the shared offset booster (the action effects) may split on: ``all`` features,
+    #: or ``effects`` (training.effect_features: attributes, channel rates, fatigue).
+    offset_features: Literal["all", "effects"] = "all"
     none_per_send: float = 1.0
     train_share: float = 0.6
     valid_share: float = 0.15
@@ -84,6 +88,13 @@ class TrainResult:
     test_decisions: pd.DataFrame
     engine: DecisionEngine
     propensity: PropensityModel
+
+
+def _offset_features(config: TrainConfig, formulation: str, spec: FeatureSpec) -> list[str] | None:
+    """The offset booster's features (None: all), for the formulations that have one."""
+    if config.offset_features == "all" or formulation != "shared_offset":
+        return None
+    return effect_features(spec.feature_names)
 
 
 def feature_spec_for(
@@ -194,6 +205,7 @@ def fit_and_evaluate(
             seed=config.seed,
             feature_names=list(spec.feature_names),
             negative_keep=config.negative_keep,
+            offset_features=_offset_features(config, formulation, spec),
         )
         scorers = [fits["conversion"][0], fits["churn"][0]]
         reports = {target: report for target, (_scorer, report) in fits.items()}

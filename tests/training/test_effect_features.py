@@ -100,3 +100,18 @@ def test_refit_uses_all_rows_with_more_rounds(restricted: tuple) -> None:
     assert np.corrcoef(p.ravel(), p_split.ravel())[0, 1] > 0.95
     uplift = p[:, 2] - p[:, 0]
     assert uplift[Xt[:, 0] > 0.5].mean() > uplift[Xt[:, 0] < -0.5].mean() + 0.05
+
+
+def test_train_config_chooses_the_offset_features() -> None:
+    from features.catalog import load_catalog
+    from features.spec import FeatureSpec
+    from tests.serving.bundle_factory import history
+    from training.train import TrainConfig, _offset_features
+
+    spec = FeatureSpec.from_data(history(), None, channels=load_catalog(None).channels)
+    effects = TrainConfig(offset_features="effects")
+    chosen = _offset_features(effects, "shared_offset", spec)
+    assert chosen == effect_features(spec.feature_names)
+    assert chosen and "ch_email_open_rate" in chosen and "n_sent_7d" in chosen
+    assert _offset_features(effects, "single", spec) is None  # no offset booster there
+    assert _offset_features(TrainConfig(), "shared_offset", spec) is None
