@@ -142,6 +142,8 @@ def _top_columns(logodds: np.ndarray, weight: np.ndarray, top: int) -> list[list
     conversion odds over no action" is true but tells a marketer nothing, so it is shown
     only when no feature moves the uplift.
     """
+    if top <= 0:
+        return [[] for _ in range(logodds.shape[0])]
     picked = np.empty((logodds.shape[0], top, 2), dtype=np.int64)
     counts = _pick_top(np.ascontiguousarray(logodds), np.ascontiguousarray(weight), picked)
     return [[(int(o), int(c)) for o, c in picked[i, : counts[i]]] for i in range(len(counts))]
