@@ -47,6 +47,9 @@ def _random_row(engine: DecisionEngine, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
+# The vectorized reference casts the NaN counts of the random rows to int64 (as serving
+# does for such rows), which numpy reports; the kernel's reading of them is what is tested.
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
 @pytest.mark.parametrize(
     "exploration",
     [
