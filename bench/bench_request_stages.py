@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         t5 = time.perf_counter()
         explain(
             bundle,
-            X[0].astype(np.float32).astype(np.float64),
+            row.model_row,
             top,
             p_conversion=row.p_conversion[top],
             p_churn=row.p_churn[top],

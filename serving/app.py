@@ -181,7 +181,7 @@ class Service:
             # At the models' precision (float32, as in DecisionEngine.score).
             reasons = explain(
                 bundle,
-                X[0].astype(np.float32).astype(np.float64),
+                row.model_row,
                 top,
                 p_conversion=row.p_conversion[top],
                 p_churn=row.p_churn[top],

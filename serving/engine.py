@@ -66,6 +66,7 @@ class RowDecision:
     probs: np.ndarray  # the exact probability of drawing each action
     order: np.ndarray  # action codes best first, ineligible ones last
     chosen: int  # the action drawn
+    model_row: np.ndarray  # the feature row as the models saw it (float32 precision)
 
     @property
     def ranked(self) -> list[int]:
@@ -164,7 +165,7 @@ class DecisionEngine:
             cols.total_in_window, self._action_column, self._action_cap, rules.quiet,
             self.costs, params, p_conv, p_churn, codes, scores, probs, order,
         )  # fmt: skip
-        return RowDecision(p_conv, p_churn, scores, codes, probs, order, int(chosen))
+        return RowDecision(p_conv, p_churn, scores, codes, probs, order, int(chosen), X[0])
 
     def distribution(self, scored: ScoredRows) -> np.ndarray:
         """Exact action probabilities under the catalog's exploration settings."""
