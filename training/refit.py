@@ -56,6 +56,12 @@ def refit_shared_offset(
     codes), ``y``, with the rounds of ``report`` (the split fit's, see the module
     docstring) times :data:`REFIT_ROUNDS_MULTIPLIER`; same parameters, negative subsample
     and offset features as :func:`training.models.fit_outcome_models`.  Uncalibrated."""
+    missing = {"base", "offset"} - set(report.best_iterations)
+    if missing:
+        raise ValueError(
+            f"the split fit's report has no rounds for {sorted(missing)}: refit_shared_offset "
+            "needs the report of a shared_offset fit"
+        )
     rounds = {
         key: max(1, round(report.best_iterations[key] * REFIT_ROUNDS_MULTIPLIER))
         for key in ("base", "offset")

@@ -115,3 +115,12 @@ def test_train_config_chooses_the_offset_features() -> None:
     assert chosen and "ch_email_open_rate" in chosen and "n_sent_7d" in chosen
     assert _offset_features(effects, "single", spec) is None  # no offset booster there
     assert _offset_features(TrainConfig(), "shared_offset", spec) is None
+
+
+def test_refit_needs_a_shared_offset_report() -> None:
+    from training.models import FitReport
+
+    X, a, y = _data(300, 0)
+    report = FitReport(best_iterations={"all": 10})  # what a single-formulation fit reports
+    with pytest.raises(ValueError, match="needs the report of a shared_offset fit"):
+        refit_shared_offset(X, a, y, report, actions=ACTIONS, feature_names=NAMES)
