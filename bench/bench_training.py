@@ -14,7 +14,11 @@ rest chosen by a feature-dependent logging policy), and binary conversion (~10%)
 (~5%) labels with action × feature interactions.  It splits the table 80/20 at random into
 train / validation and then times, with the data generation outside the timed region:
 
-- the propensity model (:class:`training.propensity.PropensityModel`, its defaults);
+- the propensity model (:class:`training.propensity.PropensityModel`, its defaults, one
+  LightGBM thread) beside the outcome models, as ``training.train`` fits it (the
+  ``side_job`` of :func:`training.models.fit_outcome_models`); "propensity s" is then
+  when it was done, counted from the start.  With ``--sequential-propensity`` (implied by
+  ``--per-outcome``), before them with two threads (the earlier path, for comparisons);
 - the conversion and the churn model together (:func:`training.models.fit_outcome_models`,
   as ``training.train`` fits them, with its defaults: LightGBM parameters, the negative
   subsample, 1000 rounds at most, early-stopping patience), in the requested formulation,
@@ -234,7 +238,12 @@ def _rounds(best: dict[str, int]) -> dict[str, Any]:
 
 
 def run_child(
-    rows: int, n_features: int, formulation: str, seed: int, per_outcome: bool = False
+    rows: int,
+    n_features: int,
+    formulation: str,
+    seed: int,
+    per_outcome: bool = False,
+    sequential_propensity: bool = False,
 ) -> dict[str, Any]:
     t = time.perf_counter()
     X, a, y_conv, y_churn, names = synthetic_table(rows, n_features, seed)
@@ -266,10 +275,20 @@ def run_child(
     wall0, cpu0 = time.perf_counter(), _cpu_seconds()
 
     t, c = time.perf_counter(), _cpu_seconds()
-    prop = PropensityModel(n_actions=len(ACTIONS), seed=seed).fit(Xt, at, Xv, av)
-    res["propensity_s"] = round(time.perf_counter() - t, 2)
-    res["propensity_cpu_s"] = round(_cpu_seconds() - c, 2)
-    res["propensity_rounds"] = prop.booster_.best_iteration
+    sequential_propensity = sequential_propensity or per_outcome  # no side job there
+    res["propensity_beside"] = not sequential_propensity
+    if sequential_propensity:  # the path before it ran beside the outcome models
+        prop = PropensityModel(n_actions=len(ACTIONS), seed=seed).fit(Xt, at, Xv, av)
+        res["propensity_s"] = round(time.perf_counter() - t, 2)
+        res["propensity_cpu_s"] = round(_cpu_seconds() - c, 2)
+    else:  # as training.train does: the outcome fit's side job, on the first free thread
+        prop = PropensityModel(n_actions=len(ACTIONS), seed=seed, num_threads=1)
+        done: list[float] = []
+
+        def side_job() -> None:
+            prop.fit(Xt, at, Xv, av)
+            done.append(time.perf_counter())
+
     res["propensity_early_stopping"] = PROPENSITY_EARLY_STOPPING
 
     res["path"] = "per_outcome" if per_outcome else "shared"
@@ -312,14 +331,20 @@ def run_child(
             seed=seed,
             feature_names=names,
             progress=steps.append,
+            side_job=None if sequential_propensity else side_job,
         )
         for target, (_scorer, report) in fits.items():
             res[f"{target}_rounds"] = _rounds(report.best_iterations)
             res[f"{target}_calibrated"] = report.calibrated
         res["outcome_steps"] = [step.strip() for step in steps]
         del fits
+    if not sequential_propensity:
+        # Wall seconds from the start until the propensity model was done (it shares the
+        # cores with the outcome models); its CPU is in the total.
+        res["propensity_s"] = round(done[0] - wall0, 2)
     res["outcomes_s"] = round(time.perf_counter() - t, 2)
     res["outcomes_cpu_s"] = round(_cpu_seconds() - c, 2)
+    res["propensity_rounds"] = prop.booster_.best_iteration
 
     res["total_s"] = round(time.perf_counter() - wall0, 2)
     res["total_cpu_s"] = round(_cpu_seconds() - cpu0, 2)
@@ -336,6 +361,7 @@ def _measure(args: argparse.Namespace, formulation: str, repeat: int) -> dict[st
     cmd = [sys.executable, __file__, "--child", formulation, "--rows", str(args.rows)]
     cmd += ["--features", str(args.features), "--seed", str(args.seed)]
     cmd += ["--per-outcome"] if args.per_outcome else []
+    cmd += ["--sequential-propensity"] if args.sequential_propensity else []
     env = os.environ.copy()
     if args.omp_wait_policy != "inherit":
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
@@ -370,6 +396,7 @@ COLUMNS = [
     ("rows", "rows (train/valid)"),
     ("features", "features"),
     ("propensity_s", "propensity s"),
+    ("propensity_beside", "propensity beside"),
     ("outcomes_s", "conversion + churn s"),
     ("total_s", "total s"),
     ("total_cpu_s", "total CPU s"),
@@ -390,8 +417,8 @@ def _cell(res: dict[str, Any], key: str) -> str:
         return f"{conv} / {churn} / {res['propensity_rounds']}"
     if key == "outcomes_s" and res.get("path") == "per_outcome":
         return f"{res['conversion_s']} + {res['churn_s']}"
-    if key == "meets_target":
-        return "yes" if res[key] else "no"
+    if key in ("meets_target", "propensity_beside"):
+        return "yes" if res.get(key) else "no"
     if key == "load":
         return "{} → {}".format(*res["load_1m_during"])
     return str(res.get(key))
@@ -425,11 +452,25 @@ def main(argv: list[str] | None = None) -> int:
         help="fit conversion and churn with one fit_outcome_model call each (the path before "
         "the Datasets were shared, for comparisons); default: fit_outcome_models, both at once",
     )
+    parser.add_argument(
+        "--sequential-propensity",
+        action="store_true",
+        help="fit the propensity model before the outcome models, with two LightGBM threads "
+        "(the path before it ran beside them, for comparisons); default: as training.train, "
+        "on its own thread while the outcome models train",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child = run_child(args.rows, args.features, args.child, args.seed, args.per_outcome)
+        child = run_child(
+            args.rows,
+            args.features,
+            args.child,
+            args.seed,
+            args.per_outcome,
+            args.sequential_propensity,
+        )
         print(json.dumps(child))
         return 0
     formulations = [f.strip() for f in args.formulations.split(",") if f.strip()]

@@ -55,17 +55,25 @@ class PropensityModel:
         max_rows: int = 100_000,
         max_valid_rows: int = 50_000,
         seed: int = 0,
+        num_threads: int = 2,
     ) -> None:
         self.n_actions = n_actions
         self.num_rounds = num_rounds
         self.max_rows = max_rows
         self.max_valid_rows = max_valid_rows
         self.seed = seed
+        #: LightGBM threads; the model does not depend on them (force_col_wise).
+        self.num_threads = num_threads
 
     def fit(
         self, X: np.ndarray, a: np.ndarray, X_valid: np.ndarray, a_valid: np.ndarray
     ) -> PropensityModel:
-        params = {**_PARAMS, "num_class": self.n_actions, "seed": self.seed}
+        params = {
+            **_PARAMS,
+            "num_class": self.n_actions,
+            "seed": self.seed,
+            "num_threads": self.num_threads,
+        }
         # A multiclass model costs one tree per class per round; a seeded subset keeps it to
         # seconds, and propensities need far fewer rows than outcomes do.
         X, a = _subset(X, a, self.max_rows, self.seed)

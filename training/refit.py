@@ -26,6 +26,7 @@ from serving.scoring import OutcomeScorer
 from training.effect_features import offset_contributions
 from training.models import (
     NEGATIVE_KEEP,
+    SHARED_BASE_PARAMS,
     SHARED_OFFSET_PARAMS,
     FitReport,
     _names,
@@ -72,7 +73,9 @@ def refit_shared_offset(
     rows = np.arange(len(y)) if sample.rows is None else sample.rows
     Xs, ys, a_s = X[rows], y[rows], a[rows]
     base = lgb.train(
-        p, lgb.Dataset(Xs, ys, weight=sample.weights, feature_name=names), rounds["base"]
+        {**p, **SHARED_BASE_PARAMS},
+        lgb.Dataset(Xs, ys, weight=sample.weights, feature_name=names),
+        rounds["base"],
     )
     offset_params = {**p, **SHARED_OFFSET_PARAMS}
     if offset_features is not None:
