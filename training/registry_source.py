@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,7 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from training.tracking import download_bundle, tracking_uri
 
-__all__ = ["RegistryAliasSource", "parse_alias_uri", "redact_uri"]
+__all__ = ["KEEP_DOWNLOADS", "RegistryAliasSource", "parse_alias_uri", "redact_uri"]
 
 #: ``models:/<name>@<alias>``; a fixed version (``models:/<name>/3``) does not match.
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)/?$")
@@ -61,11 +62,19 @@ def parse_alias_uri(uri: str | Path) -> tuple[str, str] | None:
     return match["name"], match["alias"]
 
 
+#: Registered versions a source keeps on disk: the one fetched last and the one before it
+#: (which keeps serving when the new one fails to load).  Older downloads are deleted, so a
+#: service that follows an alias for months does not fill its disk with one bundle per
+#: retrain; the models themselves are in memory once loaded, the folders are for people.
+KEEP_DOWNLOADS = 2
+
+
 class RegistryAliasSource:
     """Follows ``models:/<name>@<alias>``: identifiers are registered version numbers.
 
     ``download_root`` is where fetched versions go (one fresh sub-folder per fetch); by
-    default the system temporary folder.
+    default the system temporary folder.  Only the last :data:`KEEP_DOWNLOADS` versions
+    fetched stay there (a version fetched again replaces its earlier copy).
     """
 
     def __init__(self, name: str, alias: str, *, download_root: str | Path | None = None) -> None:
@@ -76,6 +85,10 @@ class RegistryAliasSource:
         self.download_root = None if download_root is None else Path(download_root)
         self._client: MlflowClient | None = None
         self._client_uri: str | None = None
+        # (version, download folder), oldest first; the watcher thread and /admin/reload
+        # may fetch at the same time.
+        self._downloads: list[tuple[str, Path]] = []
+        self._downloads_lock = threading.Lock()
 
     @classmethod
     def from_uri(
@@ -136,10 +149,23 @@ class RegistryAliasSource:
             tempfile.mkdtemp(prefix=f"touchpoint-{self.name}-v{version}-", dir=self.download_root)
         )
         try:
-            return download_bundle(self.version_uri(version), target)
+            folder = download_bundle(self.version_uri(version), target)
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
+        self._forget_old_downloads(version, target)
+        return folder
+
+    def _forget_old_downloads(self, version: str, target: Path) -> None:
+        """Record ``target`` and delete the downloads beyond :data:`KEEP_DOWNLOADS`."""
+        with self._downloads_lock:
+            kept = [(v, path) for v, path in self._downloads if v != version]
+            stale = [path for v, path in self._downloads if v == version]
+            kept.append((version, target))
+            stale += [path for _v, path in kept[:-KEEP_DOWNLOADS]]
+            self._downloads = kept[-KEEP_DOWNLOADS:]
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
 
     def resolve(self) -> tuple[str, Path]:
         """``(version, bundle folder)`` of what the alias points at now (for startup).

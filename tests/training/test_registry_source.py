@@ -26,7 +26,7 @@ from serving.bundle import BUNDLE_FILE, load_bundle
 from serving.model_source import FAILED, RELOADED, SKIPPED, UNCHANGED, ModelSource, ModelWatcher
 from serving.settings import ServingSettings
 from tests.serving.bundle_factory import save_tiny_bundle
-from training import tracking
+from training import registry_source, tracking
 from training.registry_source import RegistryAliasSource, parse_alias_uri, redact_uri
 
 CHAMPION_URI = f"models:/{tracking.MODEL_NAME}@{tracking.CHAMPION}"
@@ -153,6 +153,29 @@ def test_fetch_of_an_unknown_version_raises_and_leaves_nothing(
         champion.fetch("../1")
     after = set((registry.root / "dl").glob("*"))
     assert after == before
+
+
+def test_fetch_keeps_only_the_last_downloads(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = registry.root / "dl-keep"
+    source = RegistryAliasSource("touchpoint", "champion", download_root=root)
+    assert registry_source.KEEP_DOWNLOADS == 2
+    one = source.fetch("1")
+    two = source.fetch("2")
+    assert one.is_dir() and two.is_dir()  # the last two stay
+    assert len(list(root.iterdir())) == 2
+    again = source.fetch("1")  # a version fetched again replaces its earlier copy
+    assert not one.exists() and again.is_dir() and two.is_dir()
+    assert load_bundle(again).model_version == registry.versions["1"]
+    assert len(list(root.iterdir())) == 2
+    monkeypatch.setattr(registry_source, "KEEP_DOWNLOADS", 1)
+    last = source.fetch("2")
+    assert not two.exists() and not again.exists() and last.is_dir()
+    assert len(list(root.iterdir())) == 1
+    with pytest.raises(MlflowException):  # a failed fetch deletes nothing that was kept
+        source.fetch("99")
+    assert last.is_dir() and len(list(root.iterdir())) == 1
 
 
 def test_watcher_reloads_a_real_service_when_the_alias_moves(
