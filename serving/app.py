@@ -32,13 +32,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from features.counters import NS_PER_DAY, to_ns
+from features.counters import NS_PER_DAY
 from features.ingest import IngestError, normalize_events, read_customers, read_events
 from serving.bundle import Bundle, load_bundle
 from serving.contact_policy import RULES
 from serving.decision_log import DecisionLog, DecisionRecord
 from serving.engine import DecisionEngine
 from serving.fast_path import RecommendationFastPath
+from serving.inline_events import events_input_frame, inline_history
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.metrics_peers import MetricsPeers
 from serving.model_source import FAILED, RELOADED, ModelSource, ModelWatcher
@@ -137,16 +138,9 @@ class Service:
                     [*loc, "events", i, "customer_id"],
                     f"inline events must belong to customer_id {customer_id!r}",
                 )
-        frame = _events_input_frame(events)
-        try:
-            result = normalize_events(frame)
-        except IngestError as exc:
-            raise RequestError([*loc, "events"], str(exc)) from None
-        if len(result.quarantine):
-            row, reason = result.quarantine.iloc[0][["row", "reason"]]
-            raise RequestError([*loc, "events", int(row) - 1], str(reason), "event_invalid")
-        valid = result.events
-        return EventColumns.from_frame(valid[to_ns(valid["timestamp"]) < as_of_ns])
+        # Row by row in plain Python (~µs per event); rows it cannot vouch for go through
+        # normalize_events, the reference semantics, which costs ~40 ms (inline_events.py).
+        return inline_history(events, customer_id, as_of_ns, loc)
 
     def _stored_history(self, customer_id: str, as_of_ns: int) -> EventColumns:
         days = self.settings.history_days
@@ -276,7 +270,7 @@ class Service:
         if not events:
             return EventsResponse(accepted=0, duplicates=0, errors=[])
         try:
-            result = normalize_events(_events_input_frame(events))
+            result = normalize_events(events_input_frame(events))
         except IngestError as exc:
             raise RequestError(["body", "events"], str(exc)) from None
         accepted, duplicates = self.store.add(result.events)
@@ -330,13 +324,6 @@ def _iso(ns: int) -> str:
     seconds, rest = divmod(ns, 10**9)
     stamp = datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=rest // 1000)
     return stamp.isoformat().replace("+00:00", "Z")
-
-
-def _events_input_frame(events: list[EventIn]) -> pd.DataFrame:
-    columns = list(EventIn.model_fields)
-    records = [e.model_dump() for e in events]
-    frame = pd.DataFrame.from_records(records, columns=columns)
-    return frame.astype(object)
 
 
 # ---------------------------------------------------------------------------- app

@@ -2,8 +2,9 @@
 
 Event rows are deliberately lax (every field optional, numbers may arrive as strings):
 the event contract is checked by ``features.ingest.normalize_events``, exactly as for a
-file, so one bad row is reported with its row number and reason instead of failing the
-whole request.  Unknown fields are rejected (a misspelt field would otherwise vanish).
+file (inline histories by ``serving/inline_events.py``, which gives the same answers
+without pandas), so one bad row is reported with its row number and reason instead of
+failing the whole request.  Unknown fields are rejected (a misspelt field would otherwise vanish).
 """
 
 from __future__ import annotations
