@@ -65,7 +65,7 @@ OFFSET_PARAMS: Mapping[str, Any] = {
 #: on top of it learns what the policy needs.  Twice the learning rate of DEFAULT_PARAMS
 #: halves the base's rounds (1M benchmark: conversion 159 → 72, churn 137 → 57) and the
 #: offset takes a few more (116 → 141, 126 → 100): the conversion chain, which decides
-#: when training ends, ~52 → ~41 s.  Validation log-loss +0.08% / +0.12%; bench_policy's
+#: when training ends, 56.5 → 40.3 s on a quiet machine (docs/BENCHMARKS.md).  Validation log-loss +0.08% / +0.12%; bench_policy's
 #: oracle fraction on worlds 0 / 1 / 2 went 0.560 / 0.528 / 0.464 → 0.567 / 0.498 / 0.533
 #: (mean 0.517 → 0.533, inside the LightGBM seed's ±0.045).  ``bagging_fraction`` 0.5 for
 #: the base instead cost more than it saved: the offset then took 222 rounds.
@@ -259,8 +259,9 @@ def fit_outcome_models(
     propensity model's fit; its result is the caller's to keep, e.g. a fitted object).  In
     ``single`` and ``shared_offset`` it waits in the pool for the first outcome to finish
     and then runs on that thread: the shorter chain leaves a core idle while the longer
-    one trains, and the job fills it instead of adding its time before or after (1M
-    benchmark: ~17 CPU s of propensity model in the ~17 s the churn chain ends early).
+    one trains, and the job fills it instead of adding its time before (1M benchmark,
+    quiet machine: the churn chain ends ~14 s before the conversion chain, and the ~16 s
+    propensity model ends ~3 s after it).
     Give it one thread's work (one LightGBM thread).  Its error is raised here.
     """
     if set(y_train) != set(y_valid):
