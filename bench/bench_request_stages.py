@@ -54,6 +54,8 @@ import serving.app as serving_app  # noqa: E402
 from bench.store_sample import StoreSample, sample_customers, store_service  # noqa: E402
 from features.counters import NS_PER_DAY, to_ns  # noqa: E402
 from serving.app import LoadedModel, Service, load_model  # noqa: E402
+from serving.bundle import Bundle  # noqa: E402
+from serving.engine import RowDecision  # noqa: E402
 from serving.inline_events import (  # noqa: E402
     fast_inline_history,
     inline_history,
@@ -117,17 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         X = request_features(bundle.spec, history, attributes, cid, as_of_ns)
         t3 = time.perf_counter()
         row = engine.decide_row(X[0], as_of_ns, float(rng.random()))
-        ranked = row.ranked
-        top = [row.chosen] + [a for a in ranked if a != row.chosen][:2]
         t5 = time.perf_counter()
-        explain(
-            bundle,
-            row.model_row,
-            top,
-            p_conversion=row.p_conversion[top],
-            p_churn=row.p_churn[top],
-            versus=next((a for a in ranked if a != 0), None),
-        )
+        _explain_top(bundle, row)
         t6 = time.perf_counter()
         request = RecommendationRequest(customer_id=cid, as_of=as_of.to_pydatetime())
         t7 = time.perf_counter()
@@ -163,6 +156,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------- --inline
+def _explain_top(bundle: Bundle, row: RowDecision) -> None:
+    """The reasons stage as ``Service.decide`` runs it: the chosen action and the next two."""
+    ranked = row.ranked
+    top = [row.chosen] + [a for a in ranked if a != row.chosen][:2]
+    explain(
+        bundle,
+        row.model_row,
+        top,
+        p_conversion=row.p_conversion[top],
+        p_churn=row.p_churn[top],
+        versus=next((a for a in ranked if a != 0), None),
+    )
+
+
 def _old_history(
     events: Sequence[EventIn], customer_id: str, as_of_ns: int, loc: Sequence[str | int]
 ) -> EventColumns:
@@ -250,17 +257,8 @@ def _inline(service: Service, model: LoadedModel, drawn: StoreSample, seed: int)
                     X = request_features(bundle.spec, history, attributes, cid, as_of_ns)
                     t4 = time.perf_counter()
                     row = engine.decide_row(X[0], as_of_ns, float(rng.random()))
-                    ranked = row.ranked
-                    top = [row.chosen] + [a for a in ranked if a != row.chosen][:2]
                     t5 = time.perf_counter()
-                    explain(
-                        bundle,
-                        row.model_row,
-                        top,
-                        p_conversion=row.p_conversion[top],
-                        p_churn=row.p_churn[top],
-                        versus=next((a for a in ranked if a != 0), None),
-                    )
+                    _explain_top(bundle, row)
                     t6 = time.perf_counter()
                     out, record = service.decide(request, model, ["body"])
                     t7 = time.perf_counter()
