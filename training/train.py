@@ -7,7 +7,7 @@ the two apart lets tests and notebooks train without touching MLflow.
 
 from __future__ import annotations
 
-import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,9 +175,12 @@ def fit_and_evaluate(
     # Fitted beside the first formulation's outcome models, on the core the shorter chain
     # leaves idle (fit_outcome_models' side_job); one LightGBM thread, the same model.
     propensity = PropensityModel(n_actions=len(actions), seed=config.seed, num_threads=1)
-    fit_propensity = functools.partial(
-        propensity.fit, X_train, codes[train_idx], X_valid, codes[valid_idx]
-    )
+
+    def fit_propensity() -> None:
+        started = time.perf_counter()
+        propensity.fit(X_train, codes[train_idx], X_valid, codes[valid_idx])
+        elapsed = time.perf_counter() - started
+        progress(f"  propensity: {propensity.booster_.best_iteration} rounds, {elapsed:.1f} s")
 
     def rounds(idx: np.ndarray) -> LoggedRounds:
         return logged_rounds(X, table["decision_time"], codes, y_conv, y_churn, idx, propensity)
@@ -213,6 +216,7 @@ def fit_and_evaluate(
             negative_keep=config.negative_keep,
             offset_features=_offset_features(config, formulation, spec),
             side_job=None if i else fit_propensity,
+            progress=progress,  # binning and each booster, as they finish
         )
         scorers = [fits["conversion"][0], fits["churn"][0]]
         reports = {target: report for target, (_scorer, report) in fits.items()}
