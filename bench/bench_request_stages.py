@@ -155,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------- --inline
 def _explain_top(bundle: Bundle, row: RowDecision) -> None:
     """The reasons stage as ``Service.decide`` runs it: the chosen action and the next two."""
     ranked = row.ranked
@@ -170,6 +169,7 @@ def _explain_top(bundle: Bundle, row: RowDecision) -> None:
     )
 
 
+# ---------------------------------------------------------------------------- --inline
 def _old_history(
     events: Sequence[EventIn], customer_id: str, as_of_ns: int, loc: Sequence[str | int]
 ) -> EventColumns:
