@@ -119,3 +119,29 @@ def test_wrong_width_is_an_error() -> None:
     assert shap is not None
     with pytest.raises(ValueError, match=r"\(n, 7\)"):
         shap.contrib(np.zeros((2, 6)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_request_rows_equal_one_row_at_a_time(seed: int) -> None:
+    """A request explains one customer under several actions: rows equal but in one
+    column, which the loop evaluates and tabulates once where they agree.  Each row's values
+    must be exactly those it gets alone, and LightGBM's."""
+    booster = _train({"num_leaves": 31, "min_data_in_leaf": 5}, seed=seed)
+    shap = compile_shap(booster)
+    assert shap is not None
+    customers = _rows(seed + 10, 8)
+    for x in customers:
+        X = np.repeat(x[None, :], 5, axis=0)
+        X[:, 6] = [0, 1, 5, 1, np.nan]  # the "action" column; one value twice, one NaN
+        together = shap.contrib(X)
+        alone = np.vstack([shap.contrib(row[None, :]) for row in X])
+        np.testing.assert_array_equal(together, alone)
+        expected = booster.predict(X, pred_contrib=True)[:, :-1]
+        np.testing.assert_allclose(together, expected, rtol=0, atol=ATOL)
+        np.testing.assert_array_equal(together[1], together[3])
+    # The categorical column moves the explanation (so the shared work is really shared
+    # between rows that differ, not only between copies).
+    X = np.repeat(customers[2][None, :], 2, axis=0)
+    X[:, 6] = [0, 1]
+    got = shap.contrib(X)
+    assert np.abs(got[0] - got[1]).max() > 1e-3
