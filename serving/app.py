@@ -31,6 +31,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from features.counters import NS_PER_DAY
 from features.ingest import IngestError, normalize_events, read_customers, read_events
@@ -442,7 +443,7 @@ def create_app(
             app.state.service = None
             service.close()
 
-    app = FastAPI(
+    app = TouchpointAPI(
         title="touchpoint",
         summary="Next-best-touchpoint recommendations (CONTRACT §5)",
         version="1",
@@ -558,11 +559,29 @@ def create_app(
             path=str(new.path),
         )
 
-    # Middlewares added last run first: metrics time everything, including the shortcut.
     route = next(r for r in app.routes if getattr(r, "path", None) == "/v1/recommendations")
-    app.add_middleware(RecommendationFastPath, route=route)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Ahead of every middleware; it counts its own answers and hands the rest to FastAPI.
+    app.fast_path = RecommendationFastPath(app.fastapi_call, route=route, metrics=metrics)
     return app
+
+
+class TouchpointAPI(FastAPI):
+    """FastAPI, with the hot route's shortcut (serving/fast_path.py) in front of the whole
+    middleware stack."""
+
+    fast_path: RecommendationFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast_path is not None and scope["type"] == "http":
+            scope["app"] = self  # as Starlette sets it: the shortcut reads app.state
+            await self.fast_path(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def fastapi_call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """What FastAPI alone does with a request: the shortcut's way out."""
+        await super().__call__(scope, receive, send)
 
 
 def _reload_failed(error: BaseException | None, serving: LoadedModel | None) -> HTTPException:

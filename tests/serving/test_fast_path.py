@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from serving.fast_path import RecommendationFastPath
+from serving.metrics import Metrics
 from serving.schemas import RequestError
 
 
@@ -27,7 +28,10 @@ class FakeService:
 
 
 def _call(
-    service: FakeService | None, body: bytes, content_type: bytes = b"application/json"
+    service: FakeService | None,
+    body: bytes,
+    content_type: bytes = b"application/json",
+    metrics: Metrics | None = None,
 ) -> tuple[list[dict[str, Any]], list[bytes]]:
     """Run the middleware once; returns what it sent and the bodies the inner app read."""
     inner_bodies: list[bytes] = []
@@ -55,7 +59,9 @@ def _call(
         "headers": [(b"content-type", content_type)],
         "app": SimpleNamespace(state=SimpleNamespace(service=service)),
     }
-    asyncio.run(RecommendationFastPath(inner, route="the-route")(scope, receive, send))
+    route = SimpleNamespace(path="/v1/recommendations")
+    shortcut = RecommendationFastPath(inner, route=route, metrics=metrics)
+    asyncio.run(shortcut(scope, receive, send))
     return sent, inner_bodies
 
 
@@ -87,3 +93,15 @@ def test_other_content_types_and_service_errors_go_to_fastapi() -> None:
     assert inner == [body] and sent[0]["status"] == 299
     sent, inner = _call(None, body)  # not ready yet: FastAPI answers 503
     assert inner == [body] and sent[0]["status"] == 299
+
+
+def test_it_counts_its_own_answers_only() -> None:
+    """Ahead of the metrics middleware, the shortcut times what it answers; what it hands
+    on is FastAPI's to count (tests/serving/test_uvicorn_contract.py checks both, once)."""
+    metrics = Metrics()
+    _call(FakeService(), b'{"customer_id": "c1"}', metrics=metrics)
+    _call(FakeService(), b'{"customer_id": ""}', metrics=metrics)  # FastAPI's 422
+    _call(FakeService(fail=True), b'{"customer_id": "c1"}', metrics=metrics)
+    assert dict(metrics.requests) == {("POST", "/v1/recommendations", "200"): 1}
+    assert metrics.latency_count["/v1/recommendations"] == 1
+    assert metrics.latency_sum["/v1/recommendations"] > 0
