@@ -20,11 +20,11 @@ import orjson
 import pandas as pd
 
 from serving.decision_rewards import join_rewards
-from serving.store import SQLiteConnections
+from serving.sqlite_connections import SQLiteConnections
 
 __all__ = ["CHECKPOINT_SECONDS", "DecisionLog", "DecisionRecord", "OPE_COLUMNS"]
 
-#: How often a background thread checkpoints the log's WAL (serving.store.SQLiteConnections):
+#: How often a background thread checkpoints the log's WAL (serving.sqlite_connections):
 #: appends on the request path never wait for the checkpoint's fsync.
 CHECKPOINT_SECONDS = 1.0
 

@@ -20,10 +20,7 @@ while two identical rows inside one file are both kept.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -33,6 +30,7 @@ import pandas as pd
 
 from features.counters import to_ns
 from features.schema import EVENT_COLUMNS
+from serving.sqlite_connections import SQLiteConnections
 
 __all__ = ["EventColumns", "HistoryStore", "SQLiteConnections", "SQLiteHistoryStore"]
 
@@ -105,85 +103,6 @@ class HistoryStore(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-class SQLiteConnections:
-    """One SQLite connection per thread (WAL, so readers never wait), one writer at a time.
-
-    With ``checkpoint_seconds``, the WAL is copied back into the database by a background
-    thread at that interval instead of by whichever commit crosses SQLite's 1000-page
-    mark: that commit then also waits for an fsync, which made one decision-log append in
-    ~300 take ~14 ms instead of ~50 µs (a p99 spike for every request queued behind it).
-    """
-
-    def __init__(
-        self, path: str | Path, schema: str, *, checkpoint_seconds: float | None = None
-    ) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self.write_lock = threading.Lock()
-        self._autocheckpoint = checkpoint_seconds is None
-        with self.write_lock:
-            self.connection().executescript(schema)
-        self._stop = threading.Event()
-        self._checkpointer: threading.Thread | None = None
-        if checkpoint_seconds is not None:
-            self._checkpointer = threading.Thread(
-                target=self._checkpoint_every,
-                args=(checkpoint_seconds,),
-                name=f"checkpoint-{self.path.name}",
-                daemon=True,
-            )
-            self._checkpointer.start()
-
-    def _checkpoint_every(self, seconds: float) -> None:
-        # PASSIVE: copies what no reader still needs, never blocks readers or writers.
-        conn = sqlite3.connect(self.path, timeout=30.0)
-        try:
-            while not self._stop.wait(seconds):
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error:  # the file went away under us (a test's tmp dir): stop
-            pass
-        finally:
-            conn.close()
-
-    def connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(
-                "PRAGMA synchronous=NORMAL"
-            )  # durable at WAL checkpoints; no fsync per commit
-            conn.execute("PRAGMA busy_timeout=30000")
-            if not self._autocheckpoint:
-                conn.execute("PRAGMA wal_autocheckpoint=0")  # the background thread does it
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
-
-    @contextmanager
-    def writing(self) -> Iterator[sqlite3.Connection]:
-        """A transaction on this thread's connection, serialized with other writers."""
-        conn = self.connection()
-        with self.write_lock, conn:
-            yield conn
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._checkpointer is not None:
-            self._checkpointer.join()
-            self._checkpointer = None
-        with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
 
 
 _SCHEMA = """

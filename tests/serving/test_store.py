@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -9,6 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 from features.schema import EVENT_COLUMNS
 from serving.decision_log import OPE_COLUMNS, DecisionLog, DecisionRecord
@@ -140,6 +146,40 @@ def test_decision_log_exports_ope_table(tmp_path: Path) -> None:
     full = log.frame(full=True)
     assert '"consent"' in full["suppressed"].iloc[0]
     log.close()
+
+
+@pytest.mark.skipif(fcntl is None, reason="flock needs a POSIX system")
+def test_writers_of_other_processes_queue_on_the_lock_file(tmp_path: Path) -> None:
+    """A write holds an exclusive flock of ``<db>-writer.lock``; a writer that finds it
+    taken blocks until it is released (instead of polling SQLite's lock with sleeps).
+    A second open of the file stands for another process: flock locks belong to the open
+    file, so two opens exclude each other as two processes would."""
+    assert fcntl is not None
+    db = SQLiteConnections(tmp_path / "t.db", "CREATE TABLE IF NOT EXISTS t (x INTEGER);")
+    other = os.open(db.lock_path, os.O_RDWR)
+    try:
+        with db.writing() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the commit
+        entered = threading.Event()
+
+        def write() -> None:
+            with db.writing() as c:
+                entered.set()
+                c.execute("INSERT INTO t VALUES (2)")
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert not entered.wait(0.3)  # blocked while the "other process" holds the lock
+        fcntl.flock(other, fcntl.LOCK_UN)
+        writer.join(10)
+        assert entered.is_set()
+        assert [r[0] for r in db.connection().execute("SELECT x FROM t ORDER BY x")] == [1, 2]
+    finally:
+        os.close(other)
+        db.close()
 
 
 @pytest.mark.parametrize("background", [True, False])
