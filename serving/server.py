@@ -1,9 +1,15 @@
 """Running the service: uvicorn with uvloop and httptools, one or several worker processes.
 
 One Python process uses one core for the request path (the GIL), so ``workers=2`` on a
-2-core machine nearly doubles throughput.  The workers are forked from this process and
-share one listening socket, and the kernel hands each new connection to one of them,
-which is what ``uvicorn --workers`` does too; doing it here keeps two things in our hands:
+2-core machine nearly doubles throughput.  The workers are forked from this process.  On
+Linux each gets its own listening socket on the same port (``SO_REUSEPORT``), and the
+kernel spreads new connections over them by a hash of the client's address and port.
+``uvicorn --workers`` shares one socket instead, and there whichever worker wakes first
+accepts every connection waiting: a client that opens its pool at once (a load generator,
+a CRM's connection pool) can land wholly on one worker, leaving the other core idle.
+That happened in about one load phase in three here (bench/bench_serving.py, 8 or 32
+connections: ~97% of one core busy, ~370-550 rps instead of ~750-900).  Elsewhere the
+workers share one socket.  Forking here also keeps two things in our hands:
 
 * the startup files (``--events``, ``--customers``) are loaded into the store ONCE, before
   the fork, instead of by every worker at the same time;
@@ -25,6 +31,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from types import FrameType
@@ -75,17 +82,34 @@ def serve(
     if settings.workers == 1:
         uvicorn.Server(config(settings)).run()
         return
+    shared = settings.model_copy(update={"events_path": None, "customers_path": None})
+    # Bound first: a taken port fails before the startup files are loaded.
+    if REUSEPORT:
+        try:
+            socks = listening_sockets(settings.host, settings.port, settings.workers)
+        except OSError as exc:
+            raise SystemExit(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
+        log.info(
+            "listening on %s port %d: %d workers, one socket each (SO_REUSEPORT)",
+            settings.host,
+            socks[0].getsockname()[1],
+            settings.workers,
+        )
+    else:
+        socks = [config(shared).bind_socket()] * settings.workers
     # Where the workers share their metrics and reloads (serving/metrics_peers.py,
     # serving/shared_reload.py); removed when the service stops.
     shared_dir = tempfile.mkdtemp(prefix="touchpoint-workers-")
     _load_startup_files(settings)
-    shared = settings.model_copy(update={"events_path": None, "customers_path": None})
-    sock = config(shared).bind_socket()
     children: list[int] = []
     for worker in range(settings.workers):
         pid = os.fork()
-        if pid == 0:  # the worker: serve on the inherited socket, then exit without cleanup
+        if pid == 0:  # the worker: serve on its inherited socket, then exit without cleanup
             code = 0
+            sock = socks[worker]
+            for other in socks:  # a dead worker's socket must close, or it keeps its share
+                if other is not sock:
+                    other.close()
             try:
                 worker_settings = shared.model_copy(
                     update={"seed": _worker_seed(settings.seed, worker)}
@@ -97,12 +121,40 @@ def serve(
             finally:
                 os._exit(code)
         children.append(pid)
-    sock.close()
+    for sock in socks:
+        sock.close()
     log.info("started %d workers: %s", len(children), ", ".join(map(str, children)))
     try:
         _supervise(children)
     finally:
         shutil.rmtree(shared_dir, ignore_errors=True)
+
+
+#: One listening socket per worker, balanced by the kernel (Linux's SO_REUSEPORT; other
+#: systems either lack it or give every connection to one socket).
+REUSEPORT = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def listening_sockets(host: str, port: int, n: int) -> list[socket.socket]:
+    """``n`` sockets bound to ``host:port`` with ``SO_REUSEPORT`` (not yet listening:
+    uvicorn listens on each in its worker).  Port 0 binds the first to a free port and
+    the others to the same one.  Raises ``OSError`` when the address is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn decides
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def _worker_seed(seed: int | None, worker: int) -> int | None:
