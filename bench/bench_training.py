@@ -15,10 +15,14 @@ rest chosen by a feature-dependent logging policy), and binary conversion (~10%)
 train / validation and then times, with the data generation outside the timed region:
 
 - the propensity model (:class:`training.propensity.PropensityModel`, its defaults, one
-  LightGBM thread) beside the outcome models, as ``training.train`` fits it (the
-  ``side_job`` of :func:`training.models.fit_outcome_models`); "propensity s" is then
-  when it was done, counted from the start.  With ``--sequential-propensity`` (implied by
-  ``--per-outcome``), before them with two threads (the earlier path, for comparisons);
+  LightGBM thread, two once both outcome chains are done) beside the outcome models, as
+  ``training.train`` fits it (the ``side_job`` of
+  :func:`training.models.fit_outcome_models`); "propensity s" is then when it was done,
+  counted from the start (and ``propensity_started_s``, ``propensity_fit_s``,
+  ``propensity_threads_from_round`` when it started, how long it took, and the round from
+  which it had two threads).  With ``--no-thread-switch``, one thread to the end (the path
+  before the switch); with ``--sequential-propensity`` (implied by ``--per-outcome``),
+  before them with two threads (the earlier path, for comparisons);
 - the conversion and the churn model together (:func:`training.models.fit_outcome_models`,
   as ``training.train`` fits them, with its defaults: LightGBM parameters, the negative
   subsample, 1000 rounds at most, early-stopping patience), in the requested formulation,
@@ -57,6 +61,7 @@ from training.models import (  # noqa: E402
     DEFAULT_PARAMS,
     DEFAULT_ROUNDS,
     NEGATIVE_KEEP,
+    SideJobSignals,
     fit_outcome_model,
     fit_outcome_models,
 )
@@ -244,6 +249,7 @@ def run_child(
     seed: int,
     per_outcome: bool = False,
     sequential_propensity: bool = False,
+    thread_switch: bool = True,
 ) -> dict[str, Any]:
     t = time.perf_counter()
     X, a, y_conv, y_churn, names = synthetic_table(rows, n_features, seed)
@@ -284,9 +290,19 @@ def run_child(
     else:  # as training.train does: the outcome fit's side job, on the first free thread
         prop = PropensityModel(n_actions=len(ACTIONS), seed=seed, num_threads=1)
         done: list[float] = []
+        res["propensity_thread_switch"] = thread_switch
 
-        def side_job() -> None:
-            prop.fit(Xt, at, Xv, av)
+        def side_job(signals: SideJobSignals) -> None:
+            done.append(time.perf_counter())
+            prop.fit(
+                Xt,
+                at,
+                Xv,
+                av,
+                more_threads=signals.chains_done if thread_switch else None,
+                threads_then=signals.num_threads,
+                stop=signals.failed,
+            )
             done.append(time.perf_counter())
 
     res["propensity_early_stopping"] = PROPENSITY_EARLY_STOPPING
@@ -341,7 +357,10 @@ def run_child(
     if not sequential_propensity:
         # Wall seconds from the start until the propensity model was done (it shares the
         # cores with the outcome models); its CPU is in the total.
-        res["propensity_s"] = round(done[0] - wall0, 2)
+        res["propensity_s"] = round(done[1] - wall0, 2)
+        res["propensity_started_s"] = round(done[0] - wall0, 2)
+        res["propensity_fit_s"] = round(done[1] - done[0], 2)
+        res["propensity_threads_from_round"] = prop.thread_switch_round_
     res["outcomes_s"] = round(time.perf_counter() - t, 2)
     res["outcomes_cpu_s"] = round(_cpu_seconds() - c, 2)
     res["propensity_rounds"] = prop.booster_.best_iteration
@@ -362,6 +381,7 @@ def _measure(args: argparse.Namespace, formulation: str, repeat: int) -> dict[st
     cmd += ["--features", str(args.features), "--seed", str(args.seed)]
     cmd += ["--per-outcome"] if args.per_outcome else []
     cmd += ["--sequential-propensity"] if args.sequential_propensity else []
+    cmd += ["--no-thread-switch"] if args.no_thread_switch else []
     env = os.environ.copy()
     if args.omp_wait_policy != "inherit":
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
@@ -459,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
         "(the path before it ran beside them, for comparisons); default: as training.train, "
         "on its own thread while the outcome models train",
     )
+    parser.add_argument(
+        "--no-thread-switch",
+        action="store_true",
+        help="keep the propensity side job on one LightGBM thread after the outcome chains are "
+        "done (the path before it moved to two, for comparisons)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -470,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             args.per_outcome,
             args.sequential_propensity,
+            not args.no_thread_switch,
         )
         print(json.dumps(child))
         return 0
@@ -496,6 +523,13 @@ def main(argv: list[str] | None = None) -> int:
         if res.get("outcome_steps"):
             print(f"{res['formulation']} (repeat {res['repeat']}), conversion + churn, by step:")
             print("\n".join(f"  {step}" for step in res["outcome_steps"]))
+        if "propensity_fit_s" in res:
+            print(
+                f"  propensity: started at {res['propensity_started_s']} s, fit "
+                f"{res['propensity_fit_s']} s, done at {res['propensity_s']} s, "
+                f"two threads from round {res['propensity_threads_from_round']} "
+                f"(of {res['propensity_rounds']} + patience)"
+            )
     print()
     print(f"target: ≤ {TARGET_SECONDS:.0f} s for the full fit (propensity + conversion + churn)")
     print(f"reference (docs/MEASURED.md): {REFERENCE}")

@@ -10,6 +10,7 @@ steps would flatten the small differences between actions that the policy lives 
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -91,6 +92,38 @@ SHARED_OFFSET_PARAMS: Mapping[str, Any] = {
 NEGATIVE_KEEP = 0.3
 #: An action needs this many training rows for a model (or an offset) of its own.
 MIN_ACTION_ROWS = 50
+
+
+@dataclass(frozen=True)
+class SideJobSignals:
+    """What :func:`fit_outcome_models` tells its ``side_job``: two events to poll between
+    rounds (e.g. from a LightGBM callback) and the thread count of the whole fit."""
+
+    #: Set once every outcome chain has finished: their cores are free, and the job may use
+    #: ``num_threads`` LightGBM threads for its remaining rounds.
+    chains_done: threading.Event
+    #: Set once another job has failed (an outcome chain): the caller gets that job's error,
+    #: so whatever the side job would still fit is lost; it should stop at its next round.
+    failed: threading.Event
+    #: LightGBM threads of the whole fit (``num_threads`` of the outcome models' parameters).
+    num_threads: int
+
+
+class _Stopped(Exception):
+    """An outcome chain stopped because another job failed (never reaches the caller)."""
+
+
+class _StopWhen:
+    """LightGBM callback, before each round: raise :class:`_Stopped` once ``event`` is set."""
+
+    before_iteration = True
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, env: lgb.callback.CallbackEnv) -> None:
+        if self.event.is_set():
+            raise _Stopped(f"stopped before round {env.iteration}: another job failed")
 
 
 @dataclass
@@ -230,7 +263,7 @@ def fit_outcome_models(
     progress: Callable[[str], None] | None = None,
     negative_keep: float | None = None,
     offset_features: Sequence[str] | None = None,
-    side_job: Callable[[], object] | None = None,
+    side_job: Callable[[SideJobSignals], object] | None = None,
 ) -> dict[str, tuple[OutcomeScorer, FitReport]]:
     """Fit several outcomes (e.g. ``{"conversion": y_c, "churn": y_ch}``) on the same rows.
 
@@ -261,8 +294,17 @@ def fit_outcome_models(
     and then runs on that thread: the shorter chain leaves a core idle while the longer
     one trains, and the job fills it instead of adding its time before (1M benchmark,
     quiet machine: the churn chain ends ~14 s before the conversion chain, and the ~16 s
-    propensity model ends ~3 s after it).
-    Give it one thread's work (one LightGBM thread).  Its error is raised here.
+    propensity model ends ~3 s after it).  It is called with a :class:`SideJobSignals`.
+    Give it one thread's work (one LightGBM thread) until ``chains_done`` is set, and then
+    ``num_threads``: on a small log the chains end long before the job (README demo,
+    ~244k rows: ~6 s against ~11 s), and one thread would leave the other core idle.
+    (``offset`` and ``per_action`` run it first, alone, with ``chains_done`` already set.)
+
+    A failure anywhere stops the rest early, and the first error is the one raised here
+    (a job stopped because of it never is): once a job has failed, the side job does not
+    start if it is still queued, the chains stop before their next round, and a running
+    side job should stop at its next round when ``failed`` is set.  On 1M rows a failed
+    chain used to be raised only after the other chain and the ~17 s job had finished.
     """
     if set(y_train) != set(y_valid):
         raise ValueError(f"outcomes differ: train {sorted(y_train)}, valid {sorted(y_valid)}")
@@ -271,7 +313,11 @@ def fit_outcome_models(
         raise ValueError("offset_features applies to the shared_offset formulation only")
     if formulation not in ("single", "shared_offset"):
         if side_job is not None:
-            side_job()
+            # Alone, before the outcome models: every thread is free from the start.
+            threads = int(_params(params, seed)["num_threads"])
+            alone = SideJobSignals(threading.Event(), threading.Event(), threads)
+            alone.chains_done.set()
+            side_job(alone)
         return {
             outcome: fit_outcome_model(
                 X_train,
@@ -321,16 +367,50 @@ def fit_outcome_models(
     del shared
     say(f"  datasets of each booster (action column added): {time.perf_counter() - started:.1f} s")
 
+    signals = SideJobSignals(threading.Event(), threading.Event(), int(p["num_threads"]))
+    lock = threading.Lock()
+    running = [len(y_train)]  # chains not finished yet
+    errors: list[BaseException] = []  # the first job's error; the others stopped because of it
+
+    def failing(error: BaseException) -> None:
+        with lock:
+            if not signals.failed.is_set():
+                errors.append(error)
+                signals.failed.set()
+
     def fit_chain(outcome: str) -> tuple[dict[str, lgb.Booster], np.ndarray]:
-        return _fit_chain(chains[outcome], num_rounds, early_stopping, say, outcome)
+        try:
+            chain = _fit_chain(
+                chains[outcome], num_rounds, early_stopping, say, outcome, stop=signals.failed
+            )
+        except BaseException as error:
+            failing(error)  # before this worker takes the queued side job
+            raise
+        with lock:
+            running[0] -= 1
+            if running[0] == 0:
+                signals.chains_done.set()
+        return chain
+
+    def run_side_job() -> object:
+        if signals.failed.is_set():
+            return None  # a chain failed: its error is raised, the job's result would be lost
+        try:
+            return side_job(signals) if side_job is not None else None
+        except BaseException as error:
+            failing(error)
+            raise
 
     with ThreadPoolExecutor(max_workers=len(y_train)) as pool:
         futures = [pool.submit(fit_chain, outcome) for outcome in y_train]
         # Queued behind the chains: it starts on the first worker they free.
-        side = pool.submit(side_job) if side_job is not None else None
-        chained = {outcome: f.result() for outcome, f in zip(y_train, futures, strict=True)}
-        if side is not None:
-            side.result()
+        side = pool.submit(run_side_job) if side_job is not None else None
+    # (Leaving the pool waited for every job.)
+    if errors:
+        raise errors[0]
+    chained = {outcome: f.result() for outcome, f in zip(y_train, futures, strict=True)}
+    if side is not None:
+        side.result()
     fitted = {}
     for outcome, (boosters, raw_valid) in chained.items():
         report = FitReport(best_iterations={k: b.best_iteration for k, b in boosters.items()})
@@ -358,10 +438,12 @@ def _fit_chain(
     early_stopping: int,
     say: Callable[[str], None],
     outcome: str,
+    stop: threading.Event | None = None,
 ) -> tuple[dict[str, lgb.Booster], np.ndarray]:
     """Train an outcome's boosters in turn, each from the previous one's scores (the offset
     on top of the base; the rows are the same); return them and the last one's validation
-    scores: the uncalibrated predictions of the logged actions."""
+    scores: the uncalibrated predictions of the logged actions.  ``stop``: raise
+    :class:`_Stopped` before the next round once it is set (another job failed)."""
     boosters: dict[str, lgb.Booster] = {}
     init: tuple[np.ndarray, np.ndarray] | None = None
     valid_scores = np.empty(0)
@@ -371,7 +453,7 @@ def _fit_chain(
             stage.train.set_init_score(init[0])
             stage.valid.set_init_score(init[1])
         booster, train_scores, valid_scores = _boost(
-            stage.params, stage.train, stage.valid, num_rounds, early_stopping
+            stage.params, stage.train, stage.valid, num_rounds, early_stopping, stop
         )
         boosters[stage.key] = booster
         init = (_logit(train_scores), _logit(valid_scores))
@@ -505,10 +587,11 @@ def _boost(
     valid: lgb.Dataset,
     num_rounds: int,
     early_stopping: int,
+    stop: threading.Event | None = None,
 ) -> tuple[lgb.Booster, np.ndarray, np.ndarray]:
     """A booster with early stopping, and its probabilities of the training and the
     validation rows at its best iteration (:func:`_scores_at_best_iteration`)."""
-    booster = _early_stopped(params, train, valid, num_rounds, early_stopping, keep=True)
+    booster = _early_stopped(params, train, valid, num_rounds, early_stopping, keep=True, stop=stop)
     train_scores, valid_scores = _scores_at_best_iteration(booster)
     # What lgb.train does without keep_training_booster: keep the model, release the
     # training state (its bins, gradients and scores).
@@ -544,16 +627,23 @@ def _early_stopped(
     early_stopping: int,
     *,
     keep: bool = False,
+    stop: threading.Event | None = None,
 ) -> lgb.Booster:
     """``lgb.train`` stopping after ``early_stopping`` rounds without a better validation
-    loss; ``keep``: keep the training state (LightGBM's ``keep_training_booster``)."""
+    loss; ``keep``: keep the training state (LightGBM's ``keep_training_booster``);
+    ``stop``: raise :class:`_Stopped` before the next round once it is set (a callback that
+    only reads the event: the trees are the same)."""
+    callbacks: list[Callable[[lgb.callback.CallbackEnv], None]]
+    callbacks = [lgb.early_stopping(early_stopping, verbose=False)]
+    if stop is not None:
+        callbacks.append(_StopWhen(stop))
     return lgb.train(
         dict(params),
         train,
         num_boost_round=num_rounds,
         valid_sets=[valid],
         valid_names=["valid"],
-        callbacks=[lgb.early_stopping(early_stopping, verbose=False)],
+        callbacks=callbacks,
         keep_training_booster=keep,
     )
 

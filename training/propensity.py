@@ -11,8 +11,9 @@ which records no-action decisions too), the logged values are used instead.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import lightgbm as lgb
 import numpy as np
@@ -44,6 +45,12 @@ _PARAMS: Mapping[str, Any] = {
 }
 
 
+class Flag(Protocol):
+    """Something set once and polled between rounds (a ``threading.Event``)."""
+
+    def is_set(self) -> bool: ...
+
+
 class PropensityModel:
     """Multiclass LightGBM of the logged action given the features (sklearn-style)."""
 
@@ -64,10 +71,30 @@ class PropensityModel:
         self.seed = seed
         #: LightGBM threads; the model does not depend on them (force_col_wise).
         self.num_threads = num_threads
+        #: The round (0-based) from which the last fit trained with ``threads_then`` threads;
+        #: ``None``: all of it with ``num_threads``.
+        self.thread_switch_round_: int | None = None
 
     def fit(
-        self, X: np.ndarray, a: np.ndarray, X_valid: np.ndarray, a_valid: np.ndarray
+        self,
+        X: np.ndarray,
+        a: np.ndarray,
+        X_valid: np.ndarray,
+        a_valid: np.ndarray,
+        *,
+        more_threads: Flag | None = None,
+        threads_then: int = 2,
+        stop: Flag | None = None,
     ) -> PropensityModel:
+        """Fit on (a seeded subset of) the rows, early-stopped on (a subset of) validation.
+
+        ``more_threads``: once it is set (checked before each round), the remaining rounds
+        train with ``threads_then`` LightGBM threads instead of ``num_threads``;
+        ``fit_outcome_models`` sets it when its outcome chains have finished and their cores
+        are free.  The model is the same to the bit, whenever the switch comes (tested).
+        ``stop``: once it is set, raise before the next round (``fit_outcome_models`` sets
+        it when another job failed; that job's error is what its caller gets).
+        """
         params = {
             **_PARAMS,
             "num_class": self.n_actions,
@@ -82,13 +109,16 @@ class PropensityModel:
         X_valid, a_valid = _subset(X_valid, a_valid, self.max_valid_rows, self.seed + 1)
         train = lgb.Dataset(X, a)
         valid = lgb.Dataset(X_valid, a_valid, reference=train)
+        between_rounds = _BetweenRounds(more_threads, threads_then, stop)
+        self.thread_switch_round_ = None
         self.booster_ = lgb.train(
             params,
             train,
             num_boost_round=self.num_rounds,
             valid_sets=[valid],
-            callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False)],
+            callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False), between_rounds],
         )
+        self.thread_switch_round_ = between_rounds.switched_at
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -99,6 +129,53 @@ class PropensityModel:
     def pscore(self, X: np.ndarray, a: np.ndarray) -> np.ndarray:
         """Probability of each row's logged action."""
         return self.predict_proba(X)[np.arange(len(a)), a]
+
+
+class _Stopped(Exception):
+    """The fit stopped because ``stop`` was set (another job failed; its error is raised)."""
+
+
+class _BetweenRounds:
+    """LightGBM callback, before each round: stop, or move to more threads.
+
+    It only reads its flags and sets the thread count, so the trees are the ones of a fit
+    without it.
+    """
+
+    before_iteration = True
+
+    def __init__(self, more_threads: Flag | None, threads: int, stop: Flag | None) -> None:
+        self.more_threads = more_threads
+        self.threads = threads
+        self.stop = stop
+        self.switched_at: int | None = None
+
+    def __call__(self, env: lgb.callback.CallbackEnv) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise _Stopped(f"propensity fit stopped before round {env.iteration}")
+        more = self.more_threads if self.switched_at is None else None
+        if more is not None and more.is_set() and _set_lightgbm_threads(self.threads):
+            self.switched_at = env.iteration
+
+
+def _set_lightgbm_threads(n: int) -> bool:
+    """Make LightGBM's next parallel loops use ``n`` threads; False if this build can't.
+
+    LightGBM 4 keeps one thread count for the whole process (``LGBM_DEFAULT_NUM_THREADS``,
+    set from ``num_threads`` when a booster is created or its parameters reset, read again
+    by each parallel loop), so a booster that is training takes the new count up from its
+    next tree.  Not ``Booster.reset_parameter({"num_threads": n})``, which sets the count
+    the same way: it also draws the tree's feature sample (``feature_fraction``) once more
+    (ColSampler::SetConfig), so every later tree changed (LightGBM 4.7: the trees from the
+    switch on differed).  The library's exported ``OMP_SET_NUM_THREADS``, which
+    ``reset_parameter`` calls, sets the count alone.  Only call it while no other booster
+    trains: it sets theirs too.
+    """
+    setter = getattr(lgb.basic._LIB, "OMP_SET_NUM_THREADS", None)
+    if setter is None:
+        return False
+    setter(ctypes.c_int(n))
+    return True
 
 
 def _subset(

@@ -40,6 +40,7 @@ from training.models import (
     DEFAULT_ROUNDS,
     NEGATIVE_KEEP,
     FitReport,
+    SideJobSignals,
     fit_outcome_models,
 )
 from training.propensity import PropensityModel
@@ -173,14 +174,28 @@ def fit_and_evaluate(
 
     X_train, X_valid = X[train_idx], X[valid_idx]  # once: ~1 GB per copy at 800k rows
     # Fitted beside the first formulation's outcome models, on the core the shorter chain
-    # leaves idle (fit_outcome_models' side_job); one LightGBM thread, the same model.
+    # leaves idle (fit_outcome_models' side_job): one LightGBM thread while the other chain
+    # trains, all of them once both chains are done (on a small log the chains end long
+    # before it); the same model either way.
     propensity = PropensityModel(n_actions=len(actions), seed=config.seed, num_threads=1)
 
-    def fit_propensity() -> None:
+    def fit_propensity(signals: SideJobSignals) -> None:
         started = time.perf_counter()
-        propensity.fit(X_train, codes[train_idx], X_valid, codes[valid_idx])
+        propensity.fit(
+            X_train,
+            codes[train_idx],
+            X_valid,
+            codes[valid_idx],
+            more_threads=signals.chains_done,
+            threads_then=signals.num_threads,
+            stop=signals.failed,
+        )
         elapsed = time.perf_counter() - started
-        progress(f"  propensity: {propensity.booster_.best_iteration} rounds, {elapsed:.1f} s")
+        switch = propensity.thread_switch_round_
+        threads = "" if switch is None else f", {signals.num_threads} threads from round {switch}"
+        progress(
+            f"  propensity: {propensity.booster_.best_iteration} rounds, {elapsed:.1f} s{threads}"
+        )
 
     def rounds(idx: np.ndarray) -> LoggedRounds:
         return logged_rounds(X, table["decision_time"], codes, y_conv, y_churn, idx, propensity)
