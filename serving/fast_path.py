@@ -78,6 +78,11 @@ class RecommendationFastPath:
         except (orjson.JSONDecodeError, ValidationError, RequestError):
             await self.app(scope, replay, send)  # FastAPI writes the error answer
             return
+        except Exception:
+            # A fault, not bad input: uvicorn answers 500 and logs it.  Not replayed to
+            # FastAPI, which would decide (and log a decision) a second time.
+            self._observe(500, start)
+            raise
         payload = orjson.dumps(response)
         if self.route is not None:
             scope["route"] = self.route
@@ -92,9 +97,12 @@ class RecommendationFastPath:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+        self._observe(200, start)
+
+    def _observe(self, status: int, start: float) -> None:
         if self.metrics is not None:
             path = getattr(self.route, "path", PATH)
-            self.metrics.observe_request("POST", path, 200, time.perf_counter() - start)
+            self.metrics.observe_request("POST", path, status, time.perf_counter() - start)
 
 
 def _is_json(scope: Scope) -> bool:

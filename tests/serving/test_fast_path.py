@@ -105,3 +105,17 @@ def test_it_counts_its_own_answers_only() -> None:
     assert dict(metrics.requests) == {("POST", "/v1/recommendations", "200"): 1}
     assert metrics.latency_count["/v1/recommendations"] == 1
     assert metrics.latency_sum["/v1/recommendations"] > 0
+
+
+def test_a_fault_is_counted_as_a_500_and_raised() -> None:
+    """Not bad input but a fault (a broken store): uvicorn answers 500; the shortcut, ahead
+    of the metrics middleware, counts it, and never replays the request to FastAPI."""
+
+    class Broken(FakeService):
+        def recommend(self, requests: list[Any], model: object, batch: bool) -> Any:
+            raise OSError("disk gone")
+
+    metrics = Metrics()
+    with pytest.raises(OSError, match="disk gone"):
+        _call(Broken(), b'{"customer_id": "c1"}', metrics=metrics)
+    assert dict(metrics.requests) == {("POST", "/v1/recommendations", "500"): 1}
