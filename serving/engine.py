@@ -143,13 +143,14 @@ class DecisionEngine:
         exploration as :meth:`score` and :meth:`distribution` on a one-row batch, plus
         the action that the uniform ``draw`` picks (as ``serving.policy.sample_actions``).
 
-        The request path: after the two models, everything is one compiled call
+        The request path: each model is one compiled call where the formulation allows
+        (``OutcomeScorer.predict_row``), and after them everything is one more
         (serving.decision_kernel) instead of ~40 numpy operations on 11 values.
         """
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         X = x.astype(np.float32).astype(np.float64)[None, :]  # the models' precision
-        p_conv = self.bundle.conversion.predict(X)[0]
-        p_churn = self.bundle.churn.predict(X)[0]
+        p_conv = self.bundle.conversion.predict_row(X[0])
+        p_churn = self.bundle.churn.predict_row(X[0])
         params = self._row_params.copy()
         params[P_QUIET_NOW] = float(
             in_quiet_hours(self.bundle.catalog.contact_policy, decision_time_ns)[0]

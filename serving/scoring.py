@@ -28,6 +28,7 @@ from typing import Any, Literal
 import lightgbm as lgb
 import numpy as np
 
+from serving.forest import action_logits, compile_forest, concatenate
 from serving.lgbm_predict import Kind, Predict, predictor
 from serving.tree_shap import TreeShap, compile_shap
 
@@ -91,6 +92,8 @@ class OutcomeScorer:
     )
     #: Per booster: its SHAP tables (serving.tree_shap), or None where pred_contrib is used.
     _shap: dict[str, TreeShap | None] = field(init=False, repr=False, default_factory=dict)
+    #: The compiled trees behind :meth:`predict_row` (built on first use; False: none).
+    _row_logits: _RowLogits | None | bool = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         if self.formulation not in FORMULATIONS:
@@ -153,6 +156,22 @@ class OutcomeScorer:
         raw = self.predict_raw(X, action_idx)
         return raw if self.calibration is None else self.calibration.apply(raw)
 
+    def predict_row(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of one feature row under every action, bit for bit
+        ``predict(x[None, :])[0]``: the request path.
+
+        The offset formulations walk their trees in one compiled call (serving/forest.py)
+        instead of one LightGBM call per action; the others, and any booster that module
+        does not reproduce exactly, go through :meth:`predict`.
+        """
+        if self._row_logits is None:
+            self._row_logits = _RowLogits.build(self) or False
+        if self._row_logits is False:
+            return self.predict(np.asarray(x, dtype=np.float64)[None, :])[0]
+        assert isinstance(self._row_logits, _RowLogits)
+        raw = _sigmoid(self._row_logits(x))
+        return raw if self.calibration is None else self.calibration.apply(raw)
+
     def predict_logged(self, X: np.ndarray, action_codes: np.ndarray) -> np.ndarray:
         """Calibrated probability of each row under its own (logged) action."""
         X = np.asarray(X, dtype=np.float64)
@@ -206,6 +225,45 @@ class OutcomeScorer:
             boosters=boosters,
             calibration=None if calibration is None else Calibration.from_dict(calibration),
         )
+
+
+class _RowLogits:
+    """``logit p(y | x, a)`` of one row for every action ``a``, in one compiled call, for
+    the ``offset`` and ``shared_offset`` formulations: as :meth:`OutcomeScorer.predict_raw`
+    computes them, base raw score plus the action's offset raw score."""
+
+    def __init__(self, arrays: tuple[np.ndarray, ...], base_end: int, action_trees: np.ndarray,
+                 action_column: int, n_features: int) -> None:  # fmt: skip
+        self.arrays, self.base_end, self.action_trees = arrays, base_end, action_trees
+        self.action_column, self.n_features = action_column, n_features
+
+    @classmethod
+    def build(cls, scorer: OutcomeScorer) -> _RowLogits | None:
+        if scorer.formulation == "shared_offset":
+            keys = ["base", "offset"]
+        elif scorer.formulation == "offset":
+            keys = ["base", *scorer.actions]
+        else:  # LightGBM's own sigmoid makes the probabilities: keep LightGBM
+            return None
+        forests = [compile_forest(scorer.boosters[key]) for key in keys]
+        if any(f is None for f in forests):
+            return None
+        joined, ranges = concatenate([f for f in forests if f is not None])
+        n_features = scorer.boosters["base"].num_feature()
+        if scorer.formulation == "shared_offset":
+            action_trees = np.repeat(ranges[1:2], len(scorer.actions), axis=0)
+            action_column = n_features  # the offset booster's last column
+        else:
+            action_trees, action_column = np.ascontiguousarray(ranges[1:]), -1
+        return cls(joined.arrays(), int(ranges[0, 1]), action_trees, action_column, n_features)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        row = np.empty(self.n_features + 1)  # a scratch row per call: threads share self
+        row[: self.n_features] = x
+        row[self.n_features] = 0.0
+        out = np.empty(self.action_trees.shape[0])
+        action_logits(row, self.base_end, self.action_trees, self.action_column, *self.arrays, out)
+        return out
 
 
 def _with_actions(X: np.ndarray, codes: np.ndarray) -> np.ndarray:

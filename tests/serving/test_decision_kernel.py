@@ -98,12 +98,12 @@ def test_row_decision_breaks_score_ties_by_action_code(bundle: Bundle) -> None:
     x[cols.days_since] = np.nan
     x[cols.consent[cols.consent >= 0]] = 1.0
     for scorer in (engine.bundle.conversion, engine.bundle.churn):
-        object.__setattr__(scorer, "predict", lambda X, action_idx=None: np.full((1, n), 0.1))
+        object.__setattr__(scorer, "predict_row", lambda x: np.full(n, 0.1))
     try:
         row = engine.decide_row(x, BASE_NS, 0.5)
     finally:
         for scorer in (engine.bundle.conversion, engine.bundle.churn):
-            del scorer.predict
+            del scorer.predict_row
     assert not row.suppression.any()
     assert row.order.tolist() == list(range(n))  # ties: lower code first, none first
     assert row.chosen == 0
