@@ -16,7 +16,6 @@ import logging
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from features.counters import NS_PER_DAY
 from features.ingest import IngestError, normalize_events, read_customers, read_events
 from serving.bundle import Bundle, load_bundle
 from serving.contact_policy import RULES
-from serving.decision_log import DecisionLog, DecisionRecord
+from serving.decision_log import DecisionLog, DecisionRecord, new_decision_id
 from serving.engine import DecisionEngine
 from serving.fast_path import RecommendationFastPath
 from serving.inline_events import events_input_frame, inline_history
@@ -195,7 +194,7 @@ class Service:
         suppressed = [
             {"action": actions[a], "rule": RULES[c - 1]} for a, c in enumerate(codes) if c
         ]
-        decision_id = uuid.uuid4().hex
+        decision_id = new_decision_id()
         candidates = [
             {
                 "action": actions[a],

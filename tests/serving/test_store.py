@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
 from features.schema import EVENT_COLUMNS
-from serving.decision_log import OPE_COLUMNS, DecisionLog, DecisionRecord
+from serving.decision_log import OPE_COLUMNS, DecisionLog, DecisionRecord, new_decision_id
 from serving.store import HistoryStore, SQLiteConnections, SQLiteHistoryStore
 from tests.conftest import make_events
 
@@ -208,3 +208,15 @@ def test_background_checkpoint_moves_the_wal_into_the_database(
     thread = db._checkpointer
     db.close()
     assert thread is None or not thread.is_alive()
+
+
+def test_decision_ids_are_unique_and_sort_by_creation_time() -> None:
+    ids = [new_decision_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    stamps = [i[:16] for i in ids]
+    assert stamps == sorted(stamps)  # later ids sort later: the log's key grows at its end
+    before = time.time_ns()
+    later = new_decision_id()
+    assert int(later[:16], 16) >= before
+    assert len({i[16:] for i in ids}) == len(ids)  # and the random half differs
