@@ -32,7 +32,15 @@ import numpy as np
 
 from features.compiled import jit
 
-__all__ = ["Forest", "action_logits", "compile_forest", "concatenate", "next_node", "tree_sum"]
+__all__ = [
+    "Forest",
+    "action_logits",
+    "compile_forest",
+    "concatenate",
+    "lightgbm_threshold",
+    "next_node",
+    "tree_sum",
+]
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +182,7 @@ def _flatten(trees: list[dict[str, Any]], n_features: int) -> Forest:
                 categories.extend(int(c) for c in str(node["threshold"]).split("||"))
                 row[CAT_END] = len(categories)
             elif node["decision_type"] == "<=":
-                cuts[j] = _threshold(float(node["threshold"]))
+                cuts[j] = lightgbm_threshold(float(node["threshold"]))
             else:
                 raise _Unsupported(f"decision type {node['decision_type']!r}")
             stack.extend((node["left_child"], node["right_child"]))
@@ -194,7 +202,7 @@ def _flatten(trees: list[dict[str, Any]], n_features: int) -> Forest:
     )
 
 
-def _threshold(value: float) -> float:
+def lightgbm_threshold(value: float) -> float:
     """A threshold as the booster holds it: ``dump_model`` writes an infinite one (a split
     that sends every number one way and NaN the other) as +-1e300 (LightGBM's
     ``AvoidInf``), which would send values above 1e300 the wrong way."""

@@ -145,3 +145,80 @@ def test_request_rows_equal_one_row_at_a_time(seed: int) -> None:
     X[:, 6] = [0, 1]
     got = shap.contrib(X)
     assert np.abs(got[0] - got[1]).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"zero_as_missing": True}, {"num_leaves": 31, "min_data_in_leaf": 5}],
+    ids=["default", "zero_as_missing", "deep"],
+)
+@pytest.mark.parametrize("columns", [(1,), (1, 3, 6)], ids=["numeric", "several"])
+def test_rows_differing_elsewhere_equal_one_row_at_a_time(
+    params: dict[str, object], columns: tuple[int, ...]
+) -> None:
+    """Rows that differ in a numeric column (NaN, zero, a value read as zero among its
+    values), or in several columns: more nodes part the rows, and a leaf's rows can fall
+    into more than two groups."""
+    booster = _train(params, seed=3)
+    shap = compile_shap(booster)
+    assert shap is not None
+    values = {
+        1: [np.nan, 0.0, 1e-40, -0.3, 2.0, np.nan, 0.0],
+        3: [0.5, 0.5, -1.0, np.nan, 0.5, 2.0, -1.0],
+        6: [0, 1, 5, 1, np.nan, 3, 0],
+    }
+    for x in _rows(20, 6):
+        X = np.repeat(x[None, :], 7, axis=0)
+        for c in columns:
+            X[:, c] = values[c]
+        together = shap.contrib(X)
+        alone = np.vstack([shap.contrib(row[None, :]) for row in X])
+        np.testing.assert_array_equal(together, alone)
+        expected = booster.predict(X, pred_contrib=True)[:, :-1]
+        np.testing.assert_allclose(together, expected, rtol=0, atol=ATOL)
+
+
+def test_many_categories() -> None:
+    """Splits whose left categories span several 64-bit words, and codes past a split's
+    largest, unseen, negative, fractional, huge or NaN."""
+    rng = np.random.default_rng(7)
+    n = 6000
+    X = np.column_stack([rng.normal(size=n), rng.integers(0, 200, n).astype(float)])
+    code = X[:, 1].astype(int)
+    logit = X[:, 0] + 2.0 * ((code % 7 == 0) | (code > 150)) - 1.0 * (code % 5 == 1)
+    y = (logit + rng.logistic(size=n) > 0).astype(float)
+    params = {"objective": "binary", "num_leaves": 15, "min_data_in_leaf": 10, "verbose": -1}
+    params |= {"max_cat_threshold": 64, "cat_smooth": 1, "min_data_per_group": 5, "seed": 0}
+    booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=[1]), num_boost_round=20)
+    shap = compile_shap(booster)
+    assert shap is not None
+    # Some splits need more than one word.
+    assert shap.category_words.size > shap.nodes[:, tree_shap._CATEGORICAL].sum()
+    codes = [0, 7, 63, 64, 70, 127, 128, 151, 199, 250, 1e6, 1e12, -1, -0.5, 63.7, 1e-40]
+    X = np.column_stack([np.full(len(codes) + 1, 0.3), [*codes, np.nan]])
+    together = shap.contrib(X)
+    alone = np.vstack([shap.contrib(row[None, :]) for row in X])
+    np.testing.assert_array_equal(together, alone)
+    expected = booster.predict(X, pred_contrib=True)[:, :-1]
+    np.testing.assert_allclose(together, expected, rtol=0, atol=ATOL)
+
+
+def test_more_rows_than_a_block() -> None:
+    """The kernel takes rows in blocks of 63 (sets of rows are int64 bitmasks): a full
+    block, a second one, and a short last one."""
+    booster = _train({"num_leaves": 31, "min_data_in_leaf": 5})
+    shap = compile_shap(booster)
+    assert shap is not None
+    X = np.vstack([_rows(5, 100), np.repeat(_rows(6, 8)[7:8], 50, axis=0)])
+    X[100:, 6] = np.arange(50) % 9
+    got = shap.contrib(X)
+    alone = np.vstack([shap.contrib(row[None, :]) for row in X])
+    np.testing.assert_array_equal(got, alone)
+    expected = booster.predict(X, pred_contrib=True)[:, :-1]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
+
+
+def test_no_rows() -> None:
+    shap = compile_shap(_train({}))
+    assert shap is not None
+    assert shap.contrib(np.zeros((0, 7))).shape == (0, 7)
