@@ -37,6 +37,7 @@ __all__ = [
     "action_logits",
     "compile_forest",
     "concatenate",
+    "dumped_trees",
     "lightgbm_threshold",
     "next_node",
     "tree_sum",
@@ -93,10 +94,10 @@ class Forest:
         )
 
 
-def compile_forest(booster: lgb.Booster, *, check: bool = True) -> Forest | None:
-    """The trees of ``booster`` (up to its best iteration, as ``predict`` uses), or None
-    when they are outside what this module reads, or (``check``) when its raw scores differ
-    from LightGBM's in any bit on the probe rows."""
+def dumped_trees(booster: lgb.Booster) -> tuple[list[dict[str, Any]], int] | None:
+    """The ``dump_model()`` trees that ``predict`` uses (up to the best iteration, when
+    early stopping set one) and the number of features; None for several trees per
+    iteration (multiclass), which neither tree walker reads."""
     model = booster.dump_model()
     if model.get("num_tree_per_iteration", 1) != 1:
         return None
@@ -104,8 +105,18 @@ def compile_forest(booster: lgb.Booster, *, check: bool = True) -> Forest | None
     best = int(booster.best_iteration or 0)
     if best > 0:
         trees = trees[:best]
+    return trees, int(model["max_feature_idx"]) + 1
+
+
+def compile_forest(booster: lgb.Booster, *, check: bool = True) -> Forest | None:
+    """The trees of ``booster`` (up to its best iteration, as ``predict`` uses), or None
+    when they are outside what this module reads, or (``check``) when its raw scores differ
+    from LightGBM's in any bit on the probe rows."""
+    dumped = dumped_trees(booster)
+    if dumped is None:
+        return None
     try:
-        forest = _flatten(trees, int(model["max_feature_idx"]) + 1)
+        forest = _flatten(*dumped)
     except _Unsupported as exc:
         log.info("LightGBM predicts this booster: %s", exc)
         return None

@@ -55,7 +55,7 @@ import lightgbm as lgb
 import numpy as np
 
 from features.compiled import jit
-from serving.forest import MISSING_TYPES, ZERO_THRESHOLD, lightgbm_threshold
+from serving.forest import MISSING_TYPES, ZERO_THRESHOLD, dumped_trees, lightgbm_threshold
 
 __all__ = ["MAX_PATH_FEATURES", "TreeShap", "compile_shap"]
 
@@ -119,20 +119,17 @@ class TreeShap:
 def compile_shap(booster: lgb.Booster) -> TreeShap | None:
     """The tables of ``booster`` (its best iteration, if it has one), or None when the
     forest is not a good fit (see the module docstring)."""
-    model = booster.dump_model()
-    if model.get("num_tree_per_iteration", 1) != 1:
+    dumped = dumped_trees(booster)
+    if dumped is None:
         return None
-    trees = model["tree_info"]
-    best = int(booster.best_iteration or 0)
-    if best > 0:
-        trees = trees[:best]
+    trees, n_features = dumped
     builder = _Builder()
     try:
         for tree in trees:
             builder.add_tree(tree)
     except _Unsuitable:
         return None
-    return builder.build(int(model["max_feature_idx"]) + 1)
+    return builder.build(n_features)
 
 
 class _Unsuitable(Exception):

@@ -10,25 +10,7 @@ import pytest
 import serving.forest as forest_module
 from serving.forest import compile_forest, concatenate
 from serving.scoring import Calibration, OutcomeScorer, _RowLogits
-
-
-def _data(seed: int, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
-    """Six numeric columns (NaN and exact zeros in them) and a categorical last column."""
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, 7))
-    X[:, :6][rng.random((n, 6)) < 0.1] = np.nan
-    X[:, 1][rng.random(n) < 0.3] = 0.0
-    X[:, 6] = rng.integers(0, 8, n)
-    logit = X[:, 0] - np.nan_to_num(X[:, 1]) * 2 + (X[:, 6] % 3 == 0) * 1.5 - np.abs(X[:, 2])
-    y = (np.nan_to_num(logit) + rng.logistic(size=n) > 0).astype(float)
-    return X, y
-
-
-def _train(params: dict[str, object], rounds: int = 25, seed: int = 0) -> lgb.Booster:
-    X, y = _data(seed)
-    base = {"objective": "binary", "num_leaves": 15, "min_data_in_leaf": 20, "verbose": -1}
-    data = lgb.Dataset(X, y, categorical_feature=[6])
-    return lgb.train({**base, **params, "seed": seed}, data, num_boost_round=rounds)
+from tests.serving.test_tree_shap import _data, _train
 
 
 def _rows(booster: lgb.Booster, seed: int, n: int = 400) -> np.ndarray:
