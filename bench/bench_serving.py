@@ -23,7 +23,9 @@ latency; the server's RSS (VmRSS, summed over its process tree) is read after ea
 Two more columns say why the numbers are what they are: the server's CPU time per request
 (utime + stime of its tree over the measured phase) is how much of a core one request
 costs, which bounds rps on this 2-core machine; the server's CPU % (of one core) well
-under 100 for a one-process server means it waited, e.g. for a CPU held by someone else.
+under 100 for a one-process server means it waited, e.g. for a CPU held by someone else;
+the same per process of the server (its parent first, then the workers) shows how evenly
+the workers shared the load.
 
 Side by side, in the same run, ``mlflow models serve`` (``--env-manager local``) serves
 the same model version (the pyfunc wrapper of the same bundle, training/pyfunc_model.py)
@@ -409,6 +411,11 @@ def load_phase(
     row["server_cpu_ms_per_req"] = server_cpu * 1e3 / max(1, res.requests)
     row["server_cpu_pct"] = 100 * server_cpu / max(res.seconds, 1e-9)
     row["client_cpu_pct"] = 100 * res.client_cpu_seconds / max(res.seconds, 1e-9)
+    # Per process, in pid order (the parent, then the workers): a worker near 0 means
+    # the connections went to the other one.
+    row["server_cpu_split"] = "/".join(
+        f"{100 * s / max(res.seconds, 1e-9):.0f}" for s in res.server_cpu_by_process
+    )
     progress(
         f"{server.name} c={concurrency}: {res.requests} requests, {res.errors} errors, "
         f"{res.rps:.0f} rps, p50 {res.p50_ms:.2f} ms, p99 {res.p99_ms:.2f} ms, "
@@ -466,6 +473,7 @@ COLUMNS = [
     ("errors", "errors"), ("rps", "rps"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
     ("rss_mb", "server RSS MB"), ("hwm_mb", "peak RSS MB"), ("processes", "processes"),
     ("server_cpu_ms_per_req", "server CPU ms/req"), ("server_cpu_pct", "server CPU %"),
+    ("server_cpu_split", "CPU % per process"),
     ("client_cpu_pct", "client CPU %"), ("seconds", "seconds"), ("load_1m", "load 1m"),
 ]  # fmt: skip
 

@@ -63,6 +63,9 @@ class LoadResult:
     client_cpu_seconds: float = 0.0
     #: CPU seconds of the ``watch_pid`` process tree (the server) in the measured phase.
     server_cpu_seconds: float = float("nan")
+    #: The same per process of that tree, in pid order (a server's parent, then workers):
+    #: how evenly the workers shared the load.
+    server_cpu_by_process: list[float] = field(default_factory=list)
     #: ``"200"``, ``"500"``, ... and ``"error:<ExceptionName>"`` for failed requests.
     status_counts: dict[str, int] = field(default_factory=dict)
     #: The first few error descriptions, to show why requests failed.
@@ -149,13 +152,15 @@ def _proc_tree(root: int) -> list[int]:
     return out
 
 
-def tree_usage(root: int) -> dict[str, float]:
-    """RSS and peak RSS (MB, summed over the tree) and CPU seconds of a process tree.
+def tree_usage(root: int) -> dict[str, Any]:
+    """RSS and peak RSS (MB, summed over the tree) and CPU seconds of a process tree, in
+    all (``cpu_s``) and per process (``by_pid``).
 
     The summed VmHWM is the sum of each process's own peak, an upper bound of the tree's
     simultaneous peak.  CPU is utime + stime of the live processes (all their threads).
     """
     rss = hwm = cpu = 0.0
+    by_pid: dict[int, float] = {}
     pids = _proc_tree(root)
     for pid in pids:
         try:
@@ -167,10 +172,11 @@ def tree_usage(root: int) -> dict[str, float]:
                         hwm += int(line.split()[1]) / 1024
             with open(f"/proc/{pid}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-            cpu += (int(fields[11]) + int(fields[12])) / CLK_TCK
+            by_pid[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+            cpu += by_pid[pid]
         except OSError:
             continue
-    return {"rss_mb": rss, "hwm_mb": hwm, "cpu_s": cpu, "processes": len(pids)}
+    return {"rss_mb": rss, "hwm_mb": hwm, "cpu_s": cpu, "processes": len(pids), "by_pid": by_pid}
 
 
 class _Phase:
@@ -299,14 +305,21 @@ async def run_async(
             # measured phase continues the cycle where the warm-up stopped.
             warm, _ = await _run_phase(conns, requests, warmup, max_seconds, timeout)
             offset = warm.issued
-        server0 = tree_usage(watch_pid)["cpu_s"] if watch_pid else float("nan")
+        server0 = tree_usage(watch_pid) if watch_pid else None
         cpu0 = time.process_time()
         phase, start = await _run_phase(conns, requests, max_requests, max_seconds, timeout, offset)
         cpu = time.process_time() - cpu0
-        server = tree_usage(watch_pid)["cpu_s"] - server0 if watch_pid else float("nan")
+        server1 = tree_usage(watch_pid) if watch_pid else None
     finally:
         for c in conns:
             c.close()
+    server, by_process = float("nan"), []
+    if server0 is not None and server1 is not None:
+        server = server1["cpu_s"] - server0["cpu_s"]
+        before = server0["by_pid"]
+        by_process = [
+            round(s - before.get(pid, 0.0), 3) for pid, s in sorted(server1["by_pid"].items())
+        ]
     end = max(phase.last_done_ns, start + 1)
     # Wall time up to the last completed request: a worker stopped by the deadline adds no
     # idle tail to the denominator.
@@ -330,6 +343,7 @@ async def run_async(
         concurrency=concurrency,
         client_cpu_seconds=round(cpu, 3),
         server_cpu_seconds=round(server, 3),
+        server_cpu_by_process=by_process,
         status_counts=dict(sorted(phase.statuses.items())),
         error_samples=phase.error_samples,
     )

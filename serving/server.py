@@ -1,15 +1,14 @@
 """Running the service: uvicorn with uvloop and httptools, one or several worker processes.
 
 One Python process uses one core for the request path (the GIL), so ``workers=2`` on a
-2-core machine nearly doubles throughput.  The workers are forked from this process.  On
-Linux each gets its own listening socket on the same port (``SO_REUSEPORT``), and the
-kernel spreads new connections over them by a hash of the client's address and port.
-``uvicorn --workers`` shares one socket instead, and there whichever worker wakes first
-accepts every connection waiting: a client that opens its pool at once (a load generator,
-a CRM's connection pool) can land wholly on one worker, leaving the other core idle.
-That happened in about one load phase in three here (bench/bench_serving.py, 8 or 32
-connections: ~97% of one core busy, ~370-550 rps instead of ~750-900).  Elsewhere the
-workers share one socket.  Forking here also keeps two things in our hands:
+2-core machine nearly doubles throughput.  The workers are forked from this process,
+which then owns the listening socket: it accepts each connection and hands it to the
+worker holding the fewest (serving/connection_handoff.py).  Neither of the kernel's ways
+of sharing a port balances connections: with one shared socket the worker that wakes
+first accepts every connection waiting, and with one ``SO_REUSEPORT`` socket per worker
+the kernel picks by a hash, which gave one worker 7 of a pool of 8 connections in 8 pools
+of 100, and left the other core mostly idle.  Forking here also keeps two things in our
+hands:
 
 * the startup files (``--events``, ``--customers``) are loaded into the store ONCE, before
   the fork, instead of by every worker at the same time;
@@ -27,8 +26,10 @@ briefly).  docs/SERVING.md, "Workers", says what that means for ``/metrics`` and
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import selectors
 import shutil
 import signal
 import socket
@@ -38,6 +39,7 @@ from types import FrameType
 
 import numpy as np
 
+from serving.connection_handoff import Acceptor, ConnectionLedger, HandoffServer, channel_pairs
 from serving.metrics_peers import MetricsPeers
 from serving.model_source import ModelSource
 from serving.settings import ServingSettings
@@ -82,79 +84,81 @@ def serve(
     if settings.workers == 1:
         uvicorn.Server(config(settings)).run()
         return
+    if not hasattr(os, "fork"):
+        raise SystemExit("--workers above 1 needs os.fork (Linux, macOS); run one worker")
     shared = settings.model_copy(update={"events_path": None, "customers_path": None})
     # Bound first: a taken port fails before the startup files are loaded.
-    if REUSEPORT:
-        try:
-            socks = listening_sockets(settings.host, settings.port, settings.workers)
-        except OSError as exc:
-            raise SystemExit(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
-        log.info(
-            "listening on %s port %d: %d workers, one socket each (SO_REUSEPORT)",
-            settings.host,
-            socks[0].getsockname()[1],
-            settings.workers,
-        )
-    else:
-        socks = [config(shared).bind_socket()] * settings.workers
+    try:
+        listener = listening_socket(settings.host, settings.port)
+    except OSError as exc:
+        raise SystemExit(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
+    log.info(
+        "listening on %s port %d: %d workers, each connection to the one holding fewest",
+        settings.host,
+        listener.getsockname()[1],
+        settings.workers,
+    )
     # Where the workers share their metrics and reloads (serving/metrics_peers.py,
     # serving/shared_reload.py); removed when the service stops.
     shared_dir = tempfile.mkdtemp(prefix="touchpoint-workers-")
     _load_startup_files(settings)
+    channels = channel_pairs(settings.workers)
+    ledger = ConnectionLedger(settings.workers)
     children: list[int] = []
     for worker in range(settings.workers):
         pid = os.fork()
-        if pid == 0:  # the worker: serve on its inherited socket, then exit without cleanup
+        if pid == 0:  # the worker: serve what it is handed, then exit without cleanup
             code = 0
-            sock = socks[worker]
-            for other in socks:  # a dead worker's socket must close, or it keeps its share
-                if other is not sock:
-                    other.close()
+            listener.close()
+            for other, (parent_end, worker_end) in enumerate(channels):
+                parent_end.close()
+                if other != worker:
+                    worker_end.close()
             try:
                 worker_settings = shared.model_copy(
                     update={"seed": _worker_seed(settings.seed, worker)}
                 )
-                uvicorn.Server(config(worker_settings, worker)).run(sockets=[sock])
+                HandoffServer(
+                    config(worker_settings, worker),
+                    channel=channels[worker][1],
+                    on_closed=functools.partial(ledger.closed_one, worker),
+                ).run()
             except BaseException:  # pragma: no cover - reported, then the worker exits
                 log.exception("worker %d failed", worker)
                 code = 1
             finally:
                 os._exit(code)
         children.append(pid)
-    for sock in socks:
-        sock.close()
+    for _, worker_end in channels:
+        worker_end.close()
     log.info("started %d workers: %s", len(children), ", ".join(map(str, children)))
+    acceptor = Acceptor(listener, [parent_end for parent_end, _ in channels], ledger)
     try:
-        _supervise(children)
+        _supervise(children, acceptor)
     finally:
+        listener.close()
+        for parent_end, _ in channels:
+            parent_end.close()
         shutil.rmtree(shared_dir, ignore_errors=True)
 
 
-#: One listening socket per worker, balanced by the kernel (Linux's SO_REUSEPORT; other
-#: systems either lack it or give every connection to one socket).
-REUSEPORT = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+#: Connections the kernel queues for the parent to accept (uvicorn's default).
+BACKLOG = 2048
 
 
-def listening_sockets(host: str, port: int, n: int) -> list[socket.socket]:
-    """``n`` sockets bound to ``host:port`` with ``SO_REUSEPORT`` (not yet listening:
-    uvicorn listens on each in its worker).  Port 0 binds the first to a free port and
-    the others to the same one.  Raises ``OSError`` when the address is taken."""
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: a free one).  Raises ``OSError`` when
+    the address is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn decides
-    socks: list[socket.socket] = []
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        for _ in range(n):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
-            port = sock.getsockname()[1]
-            sock.set_inheritable(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart after a stop
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
     except OSError:
-        for sock in socks:
-            sock.close()
+        sock.close()
         raise
-    return socks
+    return sock
 
 
 def _worker_seed(seed: int | None, worker: int) -> int | None:
@@ -178,8 +182,9 @@ def _load_startup_files(settings: ServingSettings) -> None:
         service.close()
 
 
-def _supervise(children: list[int]) -> None:
-    """Wait for the workers; pass SIGINT/SIGTERM on, and stop all if one dies."""
+def _supervise(children: list[int], acceptor: Acceptor) -> None:
+    """Hand out connections while the workers run; pass SIGINT/SIGTERM on, and stop all
+    if one dies."""
     stopping = False
 
     def forward(signum: int, frame: FrameType | None) -> None:
@@ -189,21 +194,58 @@ def _supervise(children: list[int]) -> None:
             with contextlib.suppress(ProcessLookupError):  # already gone
                 os.kill(pid, signal.SIGTERM)
 
+    # Signals wake the select below through this pair (signal.set_wakeup_fd).
+    wake_read, wake_write = socket.socketpair()
+    wake_read.setblocking(False)
+    wake_write.setblocking(False)
+    previous_wakeup = signal.set_wakeup_fd(wake_write.fileno())
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only to wake the select
+    selector = selectors.DefaultSelector()
+    selector.register(wake_read, selectors.EVENT_READ)
+    for worker, channel in enumerate(acceptor.channels):
+        selector.register(channel, selectors.EVENT_READ, worker)
+    accepting = False  # from when the first worker is ready
     alive = set(children)
     status = 0
-    while alive:
-        try:
-            pid, code = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for safety
-            continue
-        alive.discard(pid)
-        if not stopping:
-            log.error("worker %d exited (status %d); stopping the others", pid, code)
-            status = 1
-            forward(signal.SIGTERM, None)
+    try:
+        while alive:
+            for key, _ in selector.select(timeout=1.0):
+                if key.fileobj is wake_read:
+                    with contextlib.suppress(BlockingIOError):
+                        while wake_read.recv(512):
+                            pass
+                elif key.fileobj is acceptor.listener:
+                    acceptor.accept_ready()
+                else:
+                    if not acceptor.worker_said(key.data):  # the worker's end closed
+                        selector.unregister(key.fileobj)
+            if not accepting and not stopping and any(acceptor.ledger.ready):
+                selector.register(acceptor.listener, selectors.EVENT_READ)
+                accepting = True
+            if stopping and acceptor.listener.fileno() != -1:  # none for workers on their way out
+                if accepting:
+                    selector.unregister(acceptor.listener)
+                acceptor.listener.close()
+            while alive:
+                try:
+                    pid, wait_status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    alive.clear()
+                    break
+                if pid == 0:
+                    break
+                alive.discard(pid)
+                if not stopping:
+                    code = os.waitstatus_to_exitcode(wait_status)
+                    log.error("worker %d exited (status %d); stopping the others", pid, code)
+                    status = 1
+                    forward(signal.SIGTERM, None)
+    finally:
+        signal.set_wakeup_fd(previous_wakeup)
+        selector.close()
+        wake_read.close()
+        wake_write.close()
     if status:
         sys.exit(status)

@@ -126,3 +126,6 @@ def test_run_in_subprocess(port: int) -> None:
     )  # fmt: skip
     assert (res.requests, res.errors) == (10, 5)
     assert res.server_cpu_seconds >= 0
+    # Per process of the watched tree (here this process and its threads' children).
+    assert len(res.server_cpu_by_process) >= 1
+    assert sum(res.server_cpu_by_process) == pytest.approx(res.server_cpu_seconds, abs=0.05)

@@ -1,57 +1,169 @@
-"""The workers' listening sockets (serving.server): one per worker, the kernel spreads
-connections over them."""
+"""How connections reach the workers (serving/server.py, serving/connection_handoff.py):
+the parent accepts and hands each one to the worker holding the fewest.
+
+The whole path with real workers is in tests/serving/test_uvicorn_contract.py
+(``test_connections_are_spread_evenly_over_the_workers``)."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 
 import pytest
 
-from serving.server import REUSEPORT, listening_sockets
+from serving.connection_handoff import READY, Acceptor, ConnectionLedger, channel_pairs
+from serving.server import listening_socket
 
-pytestmark = pytest.mark.skipif(not REUSEPORT, reason="SO_REUSEPORT balancing is Linux's")
-
-
-def _accept_all(sock: socket.socket) -> int:
-    accepted = 0
-    while True:
-        try:
-            conn, _ = sock.accept()
-        except BlockingIOError:
-            return accepted
-        conn.close()
-        accepted += 1
+pytestmark = pytest.mark.skipif(
+    not hasattr(socket, "send_fds"), reason="handing descriptors over needs SCM_RIGHTS"
+)
 
 
-def test_connections_opened_at_once_reach_every_worker_socket() -> None:
-    """32 connections opened together (a client's pool): with one shared socket the first
-    worker to wake could take them all; here each socket gets its hash share.  (All 32 on
-    one of two sockets would have probability 2^-31.)"""
-    socks = listening_sockets("127.0.0.1", 0, 2)
-    clients: list[socket.socket] = []
+def test_the_ledger_picks_the_worker_holding_fewest_and_breaks_ties_in_turn() -> None:
+    ledger = ConnectionLedger(3)
+    assert ledger.pick() is None  # nobody ready yet
+    ledger.ready[2] = True
+    assert [ledger.pick(), ledger.pick()] == [2, 2]  # the only one ready
+    ledger.ready[:] = [True, True, True]
+    picks = []
+    for _ in range(6):
+        worker = ledger.pick()
+        assert worker is not None
+        ledger.handed_to(worker)
+        picks.append(worker)
+    assert picks == [0, 1, 2, 0, 1, 2]
+    ledger.closed_one(1)
+    ledger.closed_one(1)
+    assert ledger.open_connections() == [2, 0, 2]
+    assert ledger.preference() == [1, 0, 2]  # the one that closed both, then in turn
+    ledger.handed_to(1)
+    assert ledger.preference() == [1, 2, 0]  # still fewest: 1 against 2 and 2
+    ledger.handed_to(1)
+    assert ledger.preference() == [2, 0, 1]  # a tie of three: in turn after the last
+    ledger.ready[2] = False
+    assert ledger.preference() == [0, 1]
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    sock = listening_socket("127.0.0.1", 0)
+    yield sock
+    sock.close()
+
+
+def _connect(listener: socket.socket, n: int) -> list[socket.socket]:
+    port = listener.getsockname()[1]
+    return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
+
+
+def test_each_connection_reaches_one_worker_with_its_descriptor(listener: socket.socket) -> None:
+    pairs = channel_pairs(2)
+    clients = _connect(listener, 3)
     try:
-        port = socks[0].getsockname()[1]
-        assert port != 0 and socks[1].getsockname()[1] == port
-        for s in socks:
-            s.listen(64)
-            s.setblocking(False)
-        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(32)]
-        counts = [_accept_all(s) for s in socks]
-        assert sum(counts) == 32
-        assert min(counts) >= 1, counts
+        ledger = ConnectionLedger(2)
+        acceptor = Acceptor(listener, [p for p, _ in pairs], ledger)
+        for worker, (_, worker_end) in enumerate(pairs):
+            worker_end.send(READY)
+            assert acceptor.worker_said(worker)
+        assert ledger.ready == [True, True]
+        assert acceptor.accept_ready() == 3
+        assert ledger.handed == [2, 1]
+        received: list[list[socket.socket]] = []
+        for _, worker_end in pairs:
+            worker_end.setblocking(False)
+            got: list[socket.socket] = []
+            while True:
+                try:
+                    data, fds, _, _ = socket.recv_fds(worker_end, 64, 64)
+                except BlockingIOError:
+                    break
+                assert len(data) == len(fds)  # one byte per descriptor
+                got += [socket.socket(fileno=fd) for fd in fds]
+            received.append(got)
+        assert [len(g) for g in received] == [2, 1]
+        # Each handed descriptor is its client's connection, still open.
+        served = received[0] + received[1]
+        for i, client in enumerate(clients):
+            client.sendall(b"hello %d" % i)
+        answers = set()
+        for sock in served:
+            sock.settimeout(5)
+            answers.add(sock.recv(64))
+            sock.close()
+        assert answers == {b"hello 0", b"hello 1", b"hello 2"}
+        assert acceptor.accept_ready() == 0  # nothing waiting: no block, nothing handed
     finally:
         for c in clients:
             c.close()
-        for s in socks:
-            s.close()
+        for p, w in pairs:
+            p.close()
+            w.close()
+
+
+def test_a_worker_gone_does_not_stop_the_acceptor(listener: socket.socket) -> None:
+    """The supervisor stops the others when a worker dies; until then the acceptor must
+    neither raise nor leak the connection it could not hand on."""
+    pairs = channel_pairs(1)
+    pairs[0][1].send(READY)
+    pairs[0][1].close()  # the worker's end
+    clients = _connect(listener, 1)
+    try:
+        ledger = ConnectionLedger(1)
+        acceptor = Acceptor(listener, [pairs[0][0]], ledger)
+        ledger.ready[0] = True  # as if the supervisor had not read the channel yet
+        assert acceptor.accept_ready() == 1
+        assert ledger.handed == [0]
+        clients[0].settimeout(5)
+        assert clients[0].recv(1) == b""  # closed, not left hanging
+        assert acceptor.worker_said(0)  # READY, still buffered
+        assert not acceptor.worker_said(0)  # then the end of the channel
+        assert ledger.ready == [False]
+    finally:
+        clients[0].close()
+        pairs[0][0].close()
+
+
+def test_a_full_channel_passes_the_connection_to_the_next_worker(
+    listener: socket.socket,
+) -> None:
+    """A worker that stops reading (stuck in a long request) fills its channel; the
+    connection goes to the next worker instead of being dropped."""
+    pairs = channel_pairs(2)
+    clients: list[socket.socket] = []
+    try:
+        ledger = ConnectionLedger(2)
+        ledger.ready[:] = [True, True]
+        acceptor = Acceptor(listener, [p for p, _ in pairs], ledger)
+        ledger.handed[1] = 10**6  # worker 0 is always preferred...
+        filled = 0
+        while True:  # ...but its channel is full
+            try:
+                pairs[0][0].send(b"x" * 4096)
+                filled += 1
+            except BlockingIOError:
+                break
+        assert filled > 0
+        clients = _connect(listener, 1)
+        assert acceptor.accept_ready() == 1
+        assert ledger.handed == [0, 10**6 + 1]
+        pairs[1][1].setblocking(False)
+        _, fds, _, _ = socket.recv_fds(pairs[1][1], 64, 64)
+        assert len(fds) == 1
+        socket.socket(fileno=fds[0]).close()
+    finally:
+        for c in clients:
+            c.close()
+        for p, w in pairs:
+            p.close()
+            w.close()
 
 
 def test_a_taken_port_is_an_error() -> None:
-    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # no SO_REUSEPORT
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         with pytest.raises(OSError):
-            listening_sockets("127.0.0.1", taken.getsockname()[1], 2)
+            listening_socket("127.0.0.1", taken.getsockname()[1])
     finally:
         taken.close()

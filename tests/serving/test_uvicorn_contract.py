@@ -11,6 +11,7 @@ back, so they do not depend on their order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -737,6 +738,90 @@ def _children(pid: int) -> set[int]:
         if int(fields[1]) == pid:
             out.add(int(stat.parent.name))
     return out
+
+
+def _client_ports_by_worker(workers: set[int], port: int) -> dict[int, set[int]]:
+    """The client ports of the connections each worker holds, in any TCP state but
+    listening (from /proc: its socket descriptors, matched in the kernel's TCP tables)."""
+    owner: dict[int, int] = {}
+    for pid in workers:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    owner[int(link[8:-1])] = pid
+    held: dict[int, set[int]] = {pid: set() for pid in workers}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                local, remote, state, inode = f[1], f[2], f[3], int(f[9])
+                if int(local.rsplit(":", 1)[1], 16) == port and state != "0A" and inode in owner:
+                    held[owner[inode]].add(int(remote.rsplit(":", 1)[1], 16))
+    return held
+
+
+def _wait_for_held(
+    workers: set[int], port: int, done: Any, timeout: float = 10.0
+) -> dict[int, set[int]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        held = _client_ports_by_worker(workers, port)
+        if done(held) or time.monotonic() > deadline:
+            return held
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
+def test_connections_are_spread_evenly_over_the_workers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """``--workers 2``: a pool opened at once is split evenly, and a worker whose
+    connections closed gets the next ones (the kernel alone split 8 connections 7/1 or
+    8/0 in ~7% of pools)."""
+    files = build_serving_files(tmp_path_factory.mktemp("balance"))
+    server = start_server(files, "balance", "--workers", "2")
+    clients: list[socket.socket] = []
+    try:
+        workers = _children(server.process.pid)
+        assert len(workers) == 2, server.stderr()
+        # Until a worker has started, it is handed nothing (the other one serves).
+        deadline = time.monotonic() + 60
+        while server.stderr().count("Taking connections from the parent") < 2:
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.1)
+
+        def connect(n: int) -> None:
+            for _ in range(n):
+                clients.append(socket.create_connection((HOST, server.port), timeout=10))
+
+        def total(n: int) -> Any:
+            return lambda held: sum(map(len, held.values())) == n
+
+        connect(8)
+        held = _wait_for_held(workers, server.port, total(8))
+        assert sorted(map(len, held.values())) == [4, 4], held
+        # Close all four of one worker's connections; the next four all go to it.
+        emptied = min(workers)
+        for c in [c for c in clients if c.getsockname()[1] in held[emptied]]:
+            clients.remove(c)
+            c.close()
+        held = _wait_for_held(workers, server.port, lambda h: not h[emptied])
+        assert not held[emptied], held
+        connect(4)
+        held = _wait_for_held(workers, server.port, total(8))
+        assert sorted(map(len, held.values())) == [4, 4], held
+        # Every connection is served by its worker.
+        for c in clients:
+            c.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        for c in clients:
+            assert c.recv(4096).startswith(b"HTTP/1.1 200"), server.stderr()
+    finally:
+        for c in clients:
+            c.close()
+        status = server.stop()
+    assert status in (0, -signal.SIGTERM), server.stderr()
+    assert "Traceback" not in server.stderr(), server.stderr()
 
 
 def test_two_workers_share_the_port_the_store_and_the_log(
