@@ -25,6 +25,7 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from serving.scoring import Calibration, Formulation, OutcomeScorer
 from training.effect_features import offset_contributions
+from training.round_callbacks import StopWhenSet
 
 #: LightGBM defaults, chosen for ~100k–1M rows on 2 cores; overridable from the CLI.
 DEFAULT_PARAMS: Mapping[str, Any] = {
@@ -107,23 +108,6 @@ class SideJobSignals:
     failed: threading.Event
     #: LightGBM threads of the whole fit (``num_threads`` of the outcome models' parameters).
     num_threads: int
-
-
-class _Stopped(Exception):
-    """An outcome chain stopped because another job failed (never reaches the caller)."""
-
-
-class _StopWhen:
-    """LightGBM callback, before each round: raise :class:`_Stopped` once ``event`` is set."""
-
-    before_iteration = True
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, env: lgb.callback.CallbackEnv) -> None:
-        if self.event.is_set():
-            raise _Stopped(f"stopped before round {env.iteration}: another job failed")
 
 
 @dataclass
@@ -443,7 +427,8 @@ def _fit_chain(
     """Train an outcome's boosters in turn, each from the previous one's scores (the offset
     on top of the base; the rows are the same); return them and the last one's validation
     scores: the uncalibrated predictions of the logged actions.  ``stop``: raise
-    :class:`_Stopped` before the next round once it is set (another job failed)."""
+    :class:`~training.round_callbacks.FitStopped` before the next round once it is set
+    (another job failed)."""
     boosters: dict[str, lgb.Booster] = {}
     init: tuple[np.ndarray, np.ndarray] | None = None
     valid_scores = np.empty(0)
@@ -631,12 +616,12 @@ def _early_stopped(
 ) -> lgb.Booster:
     """``lgb.train`` stopping after ``early_stopping`` rounds without a better validation
     loss; ``keep``: keep the training state (LightGBM's ``keep_training_booster``);
-    ``stop``: raise :class:`_Stopped` before the next round once it is set (a callback that
-    only reads the event: the trees are the same)."""
+    ``stop``: raise :class:`~training.round_callbacks.FitStopped` before the next round
+    once it is set (a callback that only reads the event: the trees are the same)."""
     callbacks: list[Callable[[lgb.callback.CallbackEnv], None]]
     callbacks = [lgb.early_stopping(early_stopping, verbose=False)]
     if stop is not None:
-        callbacks.append(_StopWhen(stop))
+        callbacks.append(StopWhenSet(stop, "outcome"))
     return lgb.train(
         dict(params),
         train,

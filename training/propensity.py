@@ -12,11 +12,13 @@ which records no-action decisions too), the logged values are used instead.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+
+from training.round_callbacks import Flag, StopWhenSet
 
 #: Propensities are clipped from below: a tiny estimated probability makes one round
 #: dominate IPS, and an estimate that small is mostly noise anyway.
@@ -43,12 +45,6 @@ _PARAMS: Mapping[str, Any] = {
     "force_col_wise": True,
     "verbose": -1,
 }
-
-
-class Flag(Protocol):
-    """Something set once and polled between rounds (a ``threading.Event``)."""
-
-    def is_set(self) -> bool: ...
 
 
 class PropensityModel:
@@ -109,16 +105,22 @@ class PropensityModel:
         X_valid, a_valid = _subset(X_valid, a_valid, self.max_valid_rows, self.seed + 1)
         train = lgb.Dataset(X, a)
         valid = lgb.Dataset(X_valid, a_valid, reference=train)
-        between_rounds = _BetweenRounds(more_threads, threads_then, stop)
+        callbacks: list[Callable[[lgb.callback.CallbackEnv], None]]
+        callbacks = [lgb.early_stopping(EARLY_STOPPING, verbose=False)]
+        if stop is not None:
+            callbacks.append(StopWhenSet(stop, "propensity"))
+        switch = None if more_threads is None else _MoreThreadsWhenSet(more_threads, threads_then)
+        if switch is not None:
+            callbacks.append(switch)
         self.thread_switch_round_ = None
         self.booster_ = lgb.train(
             params,
             train,
             num_boost_round=self.num_rounds,
             valid_sets=[valid],
-            callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False), between_rounds],
+            callbacks=callbacks,
         )
-        self.thread_switch_round_ = between_rounds.switched_at
+        self.thread_switch_round_ = None if switch is None else switch.switched_at
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -131,30 +133,27 @@ class PropensityModel:
         return self.predict_proba(X)[np.arange(len(a)), a]
 
 
-class _Stopped(Exception):
-    """The fit stopped because ``stop`` was set (another job failed; its error is raised)."""
+class _MoreThreadsWhenSet:
+    """LightGBM callback, before each round: once ``more_threads`` is set, move to
+    ``threads`` LightGBM threads for the remaining rounds.
 
-
-class _BetweenRounds:
-    """LightGBM callback, before each round: stop, or move to more threads.
-
-    It only reads its flags and sets the thread count, so the trees are the ones of a fit
+    It only reads its flag and sets the thread count, so the trees are the ones of a fit
     without it.
     """
 
     before_iteration = True
 
-    def __init__(self, more_threads: Flag | None, threads: int, stop: Flag | None) -> None:
+    def __init__(self, more_threads: Flag, threads: int) -> None:
         self.more_threads = more_threads
         self.threads = threads
-        self.stop = stop
         self.switched_at: int | None = None
 
     def __call__(self, env: lgb.callback.CallbackEnv) -> None:
-        if self.stop is not None and self.stop.is_set():
-            raise _Stopped(f"propensity fit stopped before round {env.iteration}")
-        more = self.more_threads if self.switched_at is None else None
-        if more is not None and more.is_set() and _set_lightgbm_threads(self.threads):
+        if (
+            self.switched_at is None
+            and self.more_threads.is_set()
+            and _set_lightgbm_threads(self.threads)
+        ):
             self.switched_at = env.iteration
 
 

@@ -264,7 +264,7 @@ def test_a_failed_chain_stops_the_other_and_the_queued_side_job_never_starts(
             **FIT_KW,
         )
     assert ran == []
-    assert stopped == ["_Stopped"]
+    assert stopped == ["FitStopped"]
     assert not any(" conversion " in step for step in steps), steps
 
 
@@ -304,7 +304,7 @@ def test_a_failed_chain_stops_the_running_side_job_at_its_next_round(
         fit_outcome_models(
             X, a, y, Xv, av, yv, formulation="shared_offset", side_job=side_job, **FIT_KW
         )
-    assert raised == ["_Stopped: propensity fit stopped before round 1"]
+    assert raised == ["FitStopped: propensity fit stopped before round 1"]
     assert not hasattr(model, "booster_")
 
 
@@ -335,4 +335,4 @@ def test_a_failed_side_job_stops_the_chains_and_its_error_reaches_the_caller(
         fit_outcome_models(
             X, a, y, Xv, av, yv, formulation="shared_offset", side_job=side_job, **FIT_KW
         )
-    assert stopped == ["_Stopped"]
+    assert stopped == ["FitStopped"]
