@@ -213,8 +213,10 @@ class HandoffServer(uvicorn.Server):
                 data, fds, _, _ = socket.recv_fds(self.channel, ACCEPT_BATCH, ACCEPT_BATCH)
             except (BlockingIOError, InterruptedError):
                 return
-            if not data and not fds:  # the parent is gone: no more connections
+            if not data and not fds:  # the parent is gone: no more connections will come
                 loop.remove_reader(self.channel.fileno())
+                log.warning("the parent process is gone; finishing the open requests")
+                self.should_exit = True  # uvicorn's graceful shutdown, as on SIGTERM
                 return
             for fd in fds:
                 sock = socket.socket(fileno=fd)

@@ -824,6 +824,38 @@ def test_connections_are_spread_evenly_over_the_workers(
     assert "Traceback" not in server.stderr(), server.stderr()
 
 
+def _running(pid: int) -> bool:
+    """Neither gone nor a zombie (an orphan's exit waits for init to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_stop_when_their_parent_is_killed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The parent hands out the connections; killed outright (no SIGTERM to forward), its
+    workers would get no more, so they finish and exit instead of lingering."""
+    files = build_serving_files(tmp_path_factory.mktemp("orphans"))
+    server = start_server(files, "orphans", "--workers", "2")
+    workers = _children(server.process.pid)
+    try:
+        assert len(workers) == 2, server.stderr()
+        server.process.kill()
+        server.process.wait(timeout=STOP_TIMEOUT)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(_running(pid) for pid in workers):
+            assert time.monotonic() < deadline, "a worker outlived its parent"
+            time.sleep(0.1)
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert "the parent process is gone" in server.stderr(), server.stderr()
+
+
 def test_two_workers_share_the_port_the_store_and_the_log(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
