@@ -25,7 +25,9 @@ Two more columns say why the numbers are what they are: the server's CPU time pe
 costs, which bounds rps on this 2-core machine; the server's CPU % (of one core) well
 under 100 for a one-process server means it waited, e.g. for a CPU held by someone else;
 the same per process of the server (its parent first, then the workers) shows how evenly
-the workers shared the load.
+the workers shared the load.  ``steal %`` is the machine's CPU time taken by the
+hypervisor for other guests during the phase: on a shared machine, a slow phase with high
+steal says more about the neighbours than about the server.
 
 Side by side, in the same run, ``mlflow models serve`` (``--env-manager local``) serves
 the same model version (the pyfunc wrapper of the same bundle, training/pyfunc_model.py)
@@ -386,6 +388,7 @@ def load_phase(
     warmup: int,
     cpu: int | None,
 ) -> dict[str, Any]:
+    machine0 = machine_cpu()
     res: LoadResult = run_in_subprocess(
         port,
         path,
@@ -398,6 +401,7 @@ def load_phase(
         cpu=cpu,
     )
     after = tree_usage(server.proc.pid)
+    machine1 = machine_cpu()
     if server.proc.poll() is not None:
         raise RuntimeError(f"{server.name} died during the load:\n{server.log_tail()}")
     row: dict[str, Any] = {"server": server.name, **res.__dict__}
@@ -405,6 +409,10 @@ def load_phase(
     row["hwm_mb"] = after["hwm_mb"]
     row["processes"] = after["processes"]
     row["load_1m"] = os.getloadavg()[0]
+    # The hypervisor's share of this machine's CPU time over the phase (warm-up included):
+    # what other guests took. A phase with high steal is slow for reasons not ours.
+    total = machine1[1] - machine0[1]
+    row["steal_pct"] = 100 * (machine1[0] - machine0[0]) / total if total > 0 else float("nan")
     # CPU per request bounds the rps one core can give; CPU % of one core below ~100 for a
     # one-worker server means it waited (for the CPU, on a shared machine, or on I/O).
     server_cpu = res.server_cpu_seconds
@@ -424,6 +432,18 @@ def load_phase(
     for sample in res.error_samples:
         progress(f"  error: {sample}")
     return row
+
+
+def machine_cpu() -> tuple[int, int]:
+    """``(steal, total)`` CPU time of the whole machine so far, in clock ticks (Linux
+    ``/proc/stat``; zeros elsewhere)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    # user nice system idle iowait irq softirq steal [guest guest_nice: inside user, nice]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
 
 
 def check_recommendation(port: int, body: str) -> dict[str, Any]:
@@ -475,12 +495,13 @@ COLUMNS = [
     ("server_cpu_ms_per_req", "server CPU ms/req"), ("server_cpu_pct", "server CPU %"),
     ("server_cpu_split", "CPU % per process"),
     ("client_cpu_pct", "client CPU %"), ("seconds", "seconds"), ("load_1m", "load 1m"),
+    ("steal_pct", "steal %"),
 ]  # fmt: skip
 
 
 def _cell(key: str, value: Any) -> str:
     if isinstance(value, float):
-        if key in ("rps", "rss_mb", "hwm_mb", "client_cpu_pct", "server_cpu_pct"):
+        if key in ("rps", "rss_mb", "hwm_mb", "client_cpu_pct", "server_cpu_pct", "steal_pct"):
             return f"{value:,.0f}"
         return f"{value:.2f}"
     if isinstance(value, int):
