@@ -51,111 +51,112 @@ def listener() -> Iterator[socket.socket]:
     sock.close()
 
 
-def _connect(listener: socket.socket, n: int) -> list[socket.socket]:
+@pytest.fixture
+def opened() -> Iterator[list[socket.socket]]:
+    """The sockets a test opens (client connections, channel pairs): closed after it."""
+    sockets: list[socket.socket] = []
+    yield sockets
+    for sock in sockets:
+        sock.close()
+
+
+def _pairs(n: int, opened: list[socket.socket]) -> list[tuple[socket.socket, socket.socket]]:
+    pairs = channel_pairs(n)
+    opened += [end for pair in pairs for end in pair]
+    return pairs
+
+
+def _connect(listener: socket.socket, n: int, opened: list[socket.socket]) -> list[socket.socket]:
     port = listener.getsockname()[1]
-    return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
+    opened += clients
+    return clients
 
 
-def test_each_connection_reaches_one_worker_with_its_descriptor(listener: socket.socket) -> None:
-    pairs = channel_pairs(2)
-    clients = _connect(listener, 3)
-    try:
-        ledger = ConnectionLedger(2)
-        acceptor = Acceptor(listener, [p for p, _ in pairs], ledger)
-        for worker, (_, worker_end) in enumerate(pairs):
-            worker_end.send(READY)
-            assert acceptor.worker_said(worker)
-        assert ledger.ready == [True, True]
-        assert acceptor.accept_ready() == 3
-        assert ledger.handed == [2, 1]
-        received: list[list[socket.socket]] = []
-        for _, worker_end in pairs:
-            worker_end.setblocking(False)
-            got: list[socket.socket] = []
-            while True:
-                try:
-                    data, fds, _, _ = socket.recv_fds(worker_end, 64, 64)
-                except BlockingIOError:
-                    break
-                assert len(data) == len(fds)  # one byte per descriptor
-                got += [socket.socket(fileno=fd) for fd in fds]
-            received.append(got)
-        assert [len(g) for g in received] == [2, 1]
-        # Each handed descriptor is its client's connection, still open.
-        served = received[0] + received[1]
-        for i, client in enumerate(clients):
-            client.sendall(b"hello %d" % i)
-        answers = set()
-        for sock in served:
-            sock.settimeout(5)
-            answers.add(sock.recv(64))
-            sock.close()
-        assert answers == {b"hello 0", b"hello 1", b"hello 2"}
-        assert acceptor.accept_ready() == 0  # nothing waiting: no block, nothing handed
-    finally:
-        for c in clients:
-            c.close()
-        for p, w in pairs:
-            p.close()
-            w.close()
+def test_each_connection_reaches_one_worker_with_its_descriptor(
+    listener: socket.socket, opened: list[socket.socket]
+) -> None:
+    pairs = _pairs(2, opened)
+    clients = _connect(listener, 3, opened)
+    ledger = ConnectionLedger(2)
+    acceptor = Acceptor(listener, [p for p, _ in pairs], ledger)
+    for worker, (_, worker_end) in enumerate(pairs):
+        worker_end.send(READY)
+        assert acceptor.worker_said(worker)
+    assert ledger.ready == [True, True]
+    assert acceptor.accept_ready() == 3
+    assert ledger.handed == [2, 1]
+    received: list[list[socket.socket]] = []
+    for _, worker_end in pairs:
+        worker_end.setblocking(False)
+        got: list[socket.socket] = []
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(worker_end, 64, 64)
+            except BlockingIOError:
+                break
+            assert len(data) == len(fds)  # one byte per descriptor
+            got += [socket.socket(fileno=fd) for fd in fds]
+        opened += got
+        received.append(got)
+    assert [len(g) for g in received] == [2, 1]
+    # Each handed descriptor is its client's connection, still open.
+    for i, client in enumerate(clients):
+        client.sendall(b"hello %d" % i)
+    answers = set()
+    for sock in received[0] + received[1]:
+        sock.settimeout(5)
+        answers.add(sock.recv(64))
+    assert answers == {b"hello 0", b"hello 1", b"hello 2"}
+    assert acceptor.accept_ready() == 0  # nothing waiting: no block, nothing handed
 
 
-def test_a_worker_gone_does_not_stop_the_acceptor(listener: socket.socket) -> None:
+def test_a_worker_gone_does_not_stop_the_acceptor(
+    listener: socket.socket, opened: list[socket.socket]
+) -> None:
     """The supervisor stops the others when a worker dies; until then the acceptor must
     neither raise nor leak the connection it could not hand on."""
-    pairs = channel_pairs(1)
-    pairs[0][1].send(READY)
-    pairs[0][1].close()  # the worker's end
-    clients = _connect(listener, 1)
-    try:
-        ledger = ConnectionLedger(1)
-        acceptor = Acceptor(listener, [pairs[0][0]], ledger)
-        ledger.ready[0] = True  # as if the supervisor had not read the channel yet
-        assert acceptor.accept_ready() == 1
-        assert ledger.handed == [0]
-        clients[0].settimeout(5)
-        assert clients[0].recv(1) == b""  # closed, not left hanging
-        assert acceptor.worker_said(0)  # READY, still buffered
-        assert not acceptor.worker_said(0)  # then the end of the channel
-        assert ledger.ready == [False]
-    finally:
-        clients[0].close()
-        pairs[0][0].close()
+    ((parent_end, worker_end),) = _pairs(1, opened)
+    worker_end.send(READY)
+    worker_end.close()  # the worker is gone
+    (client,) = _connect(listener, 1, opened)
+    ledger = ConnectionLedger(1)
+    acceptor = Acceptor(listener, [parent_end], ledger)
+    ledger.ready[0] = True  # as if the supervisor had not read the channel yet
+    assert acceptor.accept_ready() == 1
+    assert ledger.handed == [0]
+    client.settimeout(5)
+    assert client.recv(1) == b""  # closed, not left hanging
+    assert acceptor.worker_said(0)  # READY, still buffered
+    assert not acceptor.worker_said(0)  # then the end of the channel
+    assert ledger.ready == [False]
 
 
 def test_a_full_channel_passes_the_connection_to_the_next_worker(
-    listener: socket.socket,
+    listener: socket.socket, opened: list[socket.socket]
 ) -> None:
     """A worker that stops reading (stuck in a long request) fills its channel; the
     connection goes to the next worker instead of being dropped."""
-    pairs = channel_pairs(2)
-    clients: list[socket.socket] = []
-    try:
-        ledger = ConnectionLedger(2)
-        ledger.ready[:] = [True, True]
-        acceptor = Acceptor(listener, [p for p, _ in pairs], ledger)
-        ledger.handed[1] = 10**6  # worker 0 is always preferred...
-        filled = 0
-        while True:  # ...but its channel is full
-            try:
-                pairs[0][0].send(b"x" * 4096)
-                filled += 1
-            except BlockingIOError:
-                break
-        assert filled > 0
-        clients = _connect(listener, 1)
-        assert acceptor.accept_ready() == 1
-        assert ledger.handed == [0, 10**6 + 1]
-        pairs[1][1].setblocking(False)
-        _, fds, _, _ = socket.recv_fds(pairs[1][1], 64, 64)
-        assert len(fds) == 1
-        socket.socket(fileno=fds[0]).close()
-    finally:
-        for c in clients:
-            c.close()
-        for p, w in pairs:
-            p.close()
-            w.close()
+    pairs = _pairs(2, opened)
+    ledger = ConnectionLedger(2)
+    ledger.ready[:] = [True, True]
+    acceptor = Acceptor(listener, [p for p, _ in pairs], ledger)
+    ledger.handed[1] = 10**6  # worker 0 is always preferred...
+    filled = 0
+    while True:  # ...but its channel is full
+        try:
+            pairs[0][0].send(b"x" * 4096)
+            filled += 1
+        except BlockingIOError:
+            break
+    assert filled > 0
+    _connect(listener, 1, opened)
+    assert acceptor.accept_ready() == 1
+    assert ledger.handed == [0, 10**6 + 1]
+    pairs[1][1].setblocking(False)
+    _, fds, _, _ = socket.recv_fds(pairs[1][1], 64, 64)
+    assert len(fds) == 1
+    opened.append(socket.socket(fileno=fds[0]))
 
 
 def test_a_taken_port_is_an_error() -> None:
