@@ -213,6 +213,8 @@ class HandoffServer(uvicorn.Server):
                 data, fds, _, _ = socket.recv_fds(self.channel, ACCEPT_BATCH, ACCEPT_BATCH)
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError:  # reset: the parent died with our READY unread
+                data, fds = b"", []
             if not data and not fds:  # the parent is gone: no more connections will come
                 loop.remove_reader(self.channel.fileno())
                 log.warning("the parent process is gone; finishing the open requests")

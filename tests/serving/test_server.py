@@ -11,7 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from serving.connection_handoff import READY, Acceptor, ConnectionLedger, channel_pairs
+from serving.connection_handoff import (
+    READY,
+    Acceptor,
+    ConnectionLedger,
+    HandoffServer,
+    channel_pairs,
+)
 from serving.server import listening_socket
 
 pytestmark = pytest.mark.skipif(
@@ -157,6 +163,28 @@ def test_a_full_channel_passes_the_connection_to_the_next_worker(
     _, fds, _, _ = socket.recv_fds(pairs[1][1], 64, 64)
     assert len(fds) == 1
     opened.append(socket.socket(fileno=fds[0]))
+
+
+@pytest.mark.parametrize("unread", [False, True], ids=["closed", "reset"])
+def test_a_worker_stops_when_its_parent_is_gone(unread: bool, opened: list[socket.socket]) -> None:
+    """The end of the channel, or a reset (the parent died with the worker's READY still
+    unread), makes the worker finish its open requests and exit; it never raises."""
+    import asyncio
+
+    import uvicorn
+
+    ((parent_end, worker_end),) = _pairs(1, opened)
+    server = HandoffServer(uvicorn.Config(app=None), channel=worker_end, on_closed=lambda: None)
+    if unread:
+        worker_end.send(READY)
+    parent_end.close()
+
+    async def adopt() -> None:
+        worker_end.setblocking(False)
+        server._adopt()
+
+    asyncio.run(adopt())
+    assert server.should_exit
 
 
 def test_a_taken_port_is_an_error() -> None:

@@ -854,6 +854,7 @@ def test_workers_stop_when_their_parent_is_killed(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     assert "the parent process is gone" in server.stderr(), server.stderr()
+    assert "Traceback" not in server.stderr(), server.stderr()
 
 
 def test_two_workers_share_the_port_the_store_and_the_log(
