@@ -15,9 +15,9 @@ and the attribute policy computed from the ground truth itself; then, per action
 estimated and true effect on P(conversion) and P(churn) against no action and their
 correlation across customers.  ``--conversion-label before_send`` (and ``--churn-label``)
 fit the models on the labels stopped at the next send (``training/labels.py``);
-``--offset-features effects`` restricts the shared offset booster to
-``training.effect_features``, and ``--refit-all`` refits it on every labelled row
-(``training/refit.py``).  The measurements are in docs/TRAINING.md, "What limits the
+``--offset-features`` says what the shared offset booster may split on (by default, as in
+``touchpoint train``, only ``training.effect_features``; ``all``: every feature), and
+``--refit-all`` refits it on every labelled row (``training/refit.py``).  The measurements are in docs/TRAINING.md, "What limits the
 policy".
 """
 
@@ -91,9 +91,10 @@ def main() -> None:
     parser.add_argument(
         "--offset-features",
         choices=("all", "effects"),
-        default="all",
-        help="what the shared offset booster may split on besides the action: every feature "
-        "(default) or training.effect_features (attributes, channel rates, fatigue, presence)",
+        default="effects",
+        help="what the shared offset booster may split on besides the action: "
+        "training.effect_features (attributes, channel rates, fatigue, presence; the default, "
+        "as in touchpoint train) or every feature",
     )
     parser.add_argument(
         "--refit-all",

@@ -216,7 +216,7 @@ def test_train_negative_keep_reaches_the_config() -> None:
 
 
 def test_train_offset_features_reach_the_config() -> None:
-    args = build_parser().parse_args(["train", "--events", "e.csv", "--offset-features", "effects"])
-    assert train_config(args).offset_features == "effects"
+    args = build_parser().parse_args(["train", "--events", "e.csv", "--offset-features", "all"])
+    assert train_config(args).offset_features == "all"
     default = build_parser().parse_args(["train", "--events", "e.csv"])
-    assert train_config(default).offset_features == "all"
+    assert train_config(default).offset_features == "effects"

@@ -657,10 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--offset-features",
         choices=("all", "effects"),
-        default="all",
+        default="effects",
         help="what the shared_offset formulation's offset booster (the action effects) may "
-        "split on: every feature (default), or the customer attributes, channel open/click "
-        "rates and fatigue features (training/effect_features.py; docs/TRAINING.md)",
+        "split on: the customer attributes, channel open/click rates and fatigue features "
+        "(default; training/effect_features.py; docs/TRAINING.md), or every feature",
     )
     p.add_argument(
         "--models-dir", default="models", help="where bundles are written (default models/)"

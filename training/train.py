@@ -60,9 +60,10 @@ class TrainConfig:
     #: Share of each outcome's negative rows its boosters train on, weighted back
     #: (training.models.negative_sample); 1.0 trains on every row.
     negative_keep: float = NEGATIVE_KEEP
-    #: What the shared offset booster (the action effects) may split on: ``all`` features,
-    #: or ``effects`` (training.effect_features: attributes, channel rates, fatigue).
-    offset_features: Literal["all", "effects"] = "all"
+    #: What the shared offset booster (the action effects) may split on: ``effects``
+    #: (training.effect_features: attributes, channel rates, fatigue; the default, by
+    #: measurement: docs/TRAINING.md) or ``all`` features.
+    offset_features: Literal["all", "effects"] = "effects"
     none_per_send: float = 1.0
     train_share: float = 0.6
     valid_share: float = 0.15

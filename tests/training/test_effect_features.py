@@ -109,12 +109,12 @@ def test_train_config_chooses_the_offset_features() -> None:
     from training.train import TrainConfig, _offset_features
 
     spec = FeatureSpec.from_data(history(), None, channels=load_catalog(None).channels)
-    effects = TrainConfig(offset_features="effects")
+    effects = TrainConfig()  # the default
     chosen = _offset_features(effects, "shared_offset", spec)
     assert chosen == effect_features(spec.feature_names)
     assert chosen and "ch_email_open_rate" in chosen and "n_sent_7d" in chosen
     assert _offset_features(effects, "single", spec) is None  # no offset booster there
-    assert _offset_features(TrainConfig(), "shared_offset", spec) is None
+    assert _offset_features(TrainConfig(offset_features="all"), "shared_offset", spec) is None
 
 
 def test_refit_needs_a_shared_offset_report() -> None:
