@@ -35,7 +35,7 @@ from typing import Any
 
 import uvicorn
 
-__all__ = ["Acceptor", "ConnectionLedger", "HandoffServer", "channel_pairs"]
+__all__ = ["READY", "Acceptor", "ConnectionLedger", "HandoffServer", "channel_pairs"]
 
 log = logging.getLogger("touchpoint.serving")
 
