@@ -211,7 +211,10 @@ def _supervise(children: list[int], acceptor: Acceptor) -> None:
     status = 0
     try:
         while alive:
-            for key, _ in selector.select(timeout=1.0):
+            events = selector.select(timeout=1.0)
+            # Connections last: a worker that has just said it is ready gets its share of
+            # the connections that arrived with that message.
+            for key, _ in sorted(events, key=lambda event: event[0].fileobj is acceptor.listener):
                 if key.fileobj is wake_read:
                     with contextlib.suppress(BlockingIOError):
                         while wake_read.recv(512):

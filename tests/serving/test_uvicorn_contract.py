@@ -777,8 +777,8 @@ def test_connections_are_spread_evenly_over_the_workers(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """``--workers 2``: a pool opened at once is split evenly, and a worker whose
-    connections closed gets the next ones (the kernel alone split 8 connections 7/1 or
-    8/0 in ~7% of pools)."""
+    connections closed gets the next ones (with SO_REUSEPORT the kernel split 8 connections
+    7/1 in 8 pools of 100)."""
     files = build_serving_files(tmp_path_factory.mktemp("balance"))
     server = start_server(files, "balance", "--workers", "2")
     clients: list[socket.socket] = []
