@@ -119,12 +119,14 @@ def test_concatenated_forests_keep_each_booster_s_trees() -> None:
 ACTIONS = ("none", "email", "sms", "push")
 
 
-def _scorer(formulation: str, calibrated: bool) -> OutcomeScorer:
+def _scorer(
+    formulation: str, calibrated: bool, actions: tuple[str, ...] = ACTIONS
+) -> OutcomeScorer:
     """A scorer of 6 features (+ the action code where the formulation takes it)."""
     X, y = _data(6)
     X = X[:, :6]
     rng = np.random.default_rng(6)
-    codes = rng.integers(0, len(ACTIONS), len(X)).astype(float)
+    codes = rng.integers(0, len(actions), len(X)).astype(float)
     # Actions that work: sms converts half of the rest, push loses a third.
     y = np.where((codes == 2) & (rng.random(len(X)) < 0.5), 1.0, y)
     y = np.where((codes == 3) & (rng.random(len(X)) < 0.3), 0.0, y)
@@ -141,7 +143,7 @@ def _scorer(formulation: str, calibrated: bool) -> OutcomeScorer:
         boosters = {"all": fit(data_action)}
     elif formulation == "per_action":
         boosters = {
-            a: fit(lgb.Dataset(X[codes == i], y[codes == i])) for i, a in enumerate(ACTIONS)
+            a: fit(lgb.Dataset(X[codes == i], y[codes == i])) for i, a in enumerate(actions)
         }
     else:
         base = fit(lgb.Dataset(X, y))
@@ -150,11 +152,11 @@ def _scorer(formulation: str, calibrated: bool) -> OutcomeScorer:
             boosters = {"base": base, "offset": fit(data_action, 5, init)}
         else:
             boosters = {"base": base}
-            for i, a in enumerate(ACTIONS):
+            for i, a in enumerate(actions):
                 rows = codes == i
                 boosters[a] = fit(lgb.Dataset(X[rows], y[rows]), 5, init[rows])
     calibration = Calibration(slope=0.9, intercept=-0.1) if calibrated else None
-    return OutcomeScorer(formulation, ACTIONS, boosters, calibration)  # type: ignore[arg-type]
+    return OutcomeScorer(formulation, actions, boosters, calibration)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("calibrated", [False, True], ids=["raw", "calibrated"])
@@ -183,3 +185,18 @@ def test_predict_row_without_compiled_trees_uses_lightgbm(
     got = np.array([scorer.predict_row(x) for x in X])
     assert scorer._row_logits is False
     np.testing.assert_array_equal(got, scorer.predict(X))
+
+
+def test_shared_offset_with_more_actions_than_one_walk_carries() -> None:
+    """Over 64 actions the shared offset trees are walked once per action (the walk for
+    all actions at once carries them in a 64-bit mask): the same probabilities."""
+    actions = ("none", *(f"action_{i}" for i in range(1, 70)))
+    scorer = _scorer("shared_offset", True, actions)
+    X, _ = _data(8, 200)
+    X = X[:, :6]
+    X[0] = np.nan
+    got = np.array([scorer.predict_row(x) for x in X])
+    assert got.shape == (200, 70)
+    np.testing.assert_array_equal(got, scorer.predict(X))
+    assert isinstance(scorer._row_logits, _RowLogits)
+    assert (np.ptp(got, axis=1) > 0).mean() > 0.5
