@@ -198,13 +198,29 @@ class HandoffServer(uvicorn.Server):
             app_state=self.lifespan.state,
         )
         self.channel.setblocking(False)
-        asyncio.get_running_loop().add_reader(self.channel.fileno(), self._adopt)
-        # Ready: until then the parent hands this worker nothing, so a worker still
-        # loading its model does not hold connections the other one could serve.
-        self.channel.send(READY)
-        logging.getLogger("uvicorn.error").info(
-            "Taking connections from the parent process [%d]", os.getppid()
-        )
+        if self.say_ready():
+            asyncio.get_running_loop().add_reader(self.channel.fileno(), self._adopt)
+            logging.getLogger("uvicorn.error").info(
+                "Taking connections from the parent process [%d]", os.getppid()
+            )
+
+    def say_ready(self) -> bool:
+        """Tell the parent this worker serves: until then it is handed nothing, so a worker
+        still loading its model holds no connection the other one could serve.  False
+        when the parent is gone (it died while this worker started)."""
+        try:
+            self.channel.send(READY)
+        except OSError:
+            self._parent_gone()
+            return False
+        return True
+
+    def _parent_gone(self) -> None:
+        """No more connections will come: finish the open requests and exit."""
+        with contextlib.suppress(OSError, ValueError):
+            asyncio.get_running_loop().remove_reader(self.channel.fileno())
+        log.warning("the parent process is gone; finishing the open requests")
+        self.should_exit = True  # uvicorn's graceful shutdown, as on SIGTERM
 
     def _adopt(self) -> None:
         loop = asyncio.get_running_loop()
@@ -215,10 +231,8 @@ class HandoffServer(uvicorn.Server):
                 return
             except OSError:  # reset: the parent died with our READY unread
                 data, fds = b"", []
-            if not data and not fds:  # the parent is gone: no more connections will come
-                loop.remove_reader(self.channel.fileno())
-                log.warning("the parent process is gone; finishing the open requests")
-                self.should_exit = True  # uvicorn's graceful shutdown, as on SIGTERM
+            if not data and not fds:  # the end of the channel: the parent is gone
+                self._parent_gone()
                 return
             for fd in fds:
                 sock = socket.socket(fileno=fd)

@@ -187,6 +187,22 @@ def test_a_worker_stops_when_its_parent_is_gone(unread: bool, opened: list[socke
     assert server.should_exit
 
 
+def test_a_worker_whose_parent_died_while_it_started_stops(opened: list[socket.socket]) -> None:
+    import asyncio
+
+    import uvicorn
+
+    ((parent_end, worker_end),) = _pairs(1, opened)
+    server = HandoffServer(uvicorn.Config(app=None), channel=worker_end, on_closed=lambda: None)
+    parent_end.close()
+
+    async def ready() -> bool:
+        return server.say_ready()
+
+    assert asyncio.run(ready()) is False  # no BrokenPipeError out of startup
+    assert server.should_exit
+
+
 def test_a_taken_port_is_an_error() -> None:
     taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
