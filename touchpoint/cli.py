@@ -520,7 +520,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if status != 0:
             return status
     print(f"recommendations: {work / 'recommendations.csv'}")
-    print("MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db")
+    from training.tracking import tracking_uri
+
+    print(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri()}")
     if args.no_serve:
         return 0
     port = args.port

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -30,18 +31,40 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def configure(experiment: str = DEFAULT_EXPERIMENT) -> str:
-    """Point MLflow at :func:`tracking_uri` and select (or create) the experiment."""
+def configure(experiment: str = DEFAULT_EXPERIMENT) -> tuple[str, str]:
+    """Point MLflow at :func:`tracking_uri` and select (or create) the experiment.
+
+    Returns the URI and the name of the experiment runs now go to: ``experiment``, or,
+    inside ``mlflow run``, the experiment of the run it started (:func:`project_run`).
+    """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    outer = project_run()
+    if outer is not None:
+        experiment_id = outer.info.experiment_id
+        mlflow.set_experiment(experiment_id=experiment_id)
+        return uri, mlflow.get_experiment(experiment_id).name
     if mlflow.get_experiment_by_name(experiment) is None:
         artifact_root = None
         if uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
             artifact_root = (Path.cwd() / "mlruns").as_uri()
         mlflow.create_experiment(experiment, artifact_location=artifact_root)
     mlflow.set_experiment(experiment)
-    return uri
+    return uri, experiment
+
+
+def project_run() -> Run | None:
+    """The run ``mlflow run`` started for this process, if it is one of its steps.
+
+    ``mlflow run`` creates the run itself, in the experiment its ``--experiment-name`` or
+    ``--experiment-id`` names ("Default" otherwise), and passes the run id (and its tracking
+    URI) in the environment; ``mlflow.start_run()`` then resumes that run, and refuses to
+    when another experiment is active.  So inside ``mlflow run`` the run's experiment wins
+    over ``--experiment``.
+    """
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    return MlflowClient().get_run(run_id) if run_id else None
 
 
 def data_hash(*paths: str | Path | None) -> str:
