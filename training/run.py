@@ -64,7 +64,7 @@ def run_training(
     The experiment report (``training/report.py``) is written next to the bundles as
     ``report-<run id>.html`` and attached to the run under ``report/``.
     """
-    uri, experiment = tracking.configure(experiment)
+    uri, experiment = tracking.configure_experiment(experiment)
     progress(f"MLflow tracking URI: {uri}, experiment {experiment!r}")
     with mlflow.start_run() as run:
         run_id = run.info.run_id

@@ -31,7 +31,13 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def configure(experiment: str = DEFAULT_EXPERIMENT) -> tuple[str, str]:
+def configure(experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow at :func:`tracking_uri` and select (or create) the experiment; return
+    the URI.  See :func:`configure_experiment`."""
+    return configure_experiment(experiment)[0]
+
+
+def configure_experiment(experiment: str = DEFAULT_EXPERIMENT) -> tuple[str, str]:
     """Point MLflow at :func:`tracking_uri` and select (or create) the experiment.
 
     Returns the URI and the name of the experiment runs now go to: ``experiment``, or,

@@ -1,4 +1,4 @@
-"""training.tracking.configure: which experiment runs go to, in and outside ``mlflow run``."""
+"""training.tracking.configure_experiment: which experiment runs go to, in and outside ``mlflow run``."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowCli
 def test_outside_mlflow_run_the_named_experiment_is_created_and_used(
     store: MlflowClient,
 ) -> None:
-    uri, experiment = tracking.configure("named")
+    uri, experiment = tracking.configure_experiment("named")
     assert experiment == "named" and uri.endswith("mlflow.db")
     with mlflow.start_run() as run:
         pass
@@ -42,7 +42,7 @@ def test_inside_mlflow_run_training_logs_into_the_run_it_started(
     outer = store.create_run(outer_experiment)
     monkeypatch.setenv("MLFLOW_RUN_ID", outer.info.run_id)
 
-    uri, experiment = tracking.configure("touchpoint")
+    uri, experiment = tracking.configure_experiment("touchpoint")
     assert experiment == "chosen-by-mlflow-run"
     # Without the fix, start_run raised: "active experiment ID does not match environment
     # run ID", because configure had selected the experiment named on the command line.
