@@ -140,14 +140,21 @@ class Service:
                 )
         # Row by row in plain Python (~µs per event); rows it cannot vouch for go through
         # normalize_events, the reference semantics, which costs ~40 ms (inline_events.py).
-        return inline_history(events, customer_id, as_of_ns, loc)
+        history = inline_history(events, customer_id, as_of_ns, loc)
+        # A client's history may be partial: an opt-out the store holds still counts.
+        return history.with_opt_outs(self.store.unsubscribes(customer_id, as_of_ns))
 
     def _stored_history(self, customer_id: str, as_of_ns: int) -> EventColumns:
         days = self.settings.history_days
         since = as_of_ns - days * NS_PER_DAY if days else None
         if since is not None and since < _MIN_NS:
             since = None  # older than representable: read everything
-        return self.store.recent_events(customer_id, as_of_ns, since)
+        history = self.store.recent_events(customer_id, as_of_ns, since)
+        if since is None:
+            return history
+        # Opt-outs older than the window still hold. With them the row is also closer to
+        # the offline one, which reads the whole history.
+        return history.with_opt_outs(self.store.unsubscribes(customer_id, since))
 
     # ------------------------------------------------------------------ decisions
     def decide(

@@ -6,7 +6,7 @@ never anything model-specific: a new model needs no migration.
 
 :class:`HistoryStore` is the interface the app depends on; :class:`SQLiteHistoryStore` is
 the implementation shipped (one file, WAL mode, good for one host).  A PostgreSQL or
-Redis store implements the same five methods and the engine never notices.
+Redis store implements the same six methods and the engine never notices.
 
 Idempotence
 -----------
@@ -33,6 +33,9 @@ from features.schema import EVENT_COLUMNS
 from serving.sqlite_connections import SQLiteConnections
 
 __all__ = ["EventColumns", "HistoryStore", "SQLiteConnections", "SQLiteHistoryStore"]
+
+#: The event type whose events the contact rules read at any age.
+UNSUBSCRIBE = "unsubscribe"
 
 #: Rows per executemany call of a bulk load.
 CHUNK_ROWS = 50_000
@@ -67,6 +70,34 @@ class EventColumns:
             value=np.array(value, dtype=np.float64),  # None becomes NaN
         )
 
+    def with_opt_outs(self, opt_outs: EventColumns) -> EventColumns:
+        """These events plus the ``opt_outs`` (unsubscribes) they do not already hold, in
+        time order; on equal times these events come first (a stable merge)."""
+        if not len(opt_outs):
+            return self  # the usual case: no opt-out, no work
+        held = {
+            (int(t), c)
+            for t, c, e in zip(self.time.tolist(), self.channel, self.event_type, strict=True)
+            if e == UNSUBSCRIBE
+        }
+        new = [
+            i
+            for i, (t, c) in enumerate(zip(opt_outs.time.tolist(), opt_outs.channel, strict=True))
+            if (int(t), c) not in held
+        ]
+        if not new:
+            return self
+        time = np.concatenate([self.time, opt_outs.time[new]])
+        order = np.argsort(time, kind="stable")
+        channel = [*self.channel, *(opt_outs.channel[i] for i in new)]
+        event_type = [*self.event_type, *(opt_outs.event_type[i] for i in new)]
+        return EventColumns(
+            time=time[order],
+            channel=[channel[i] for i in order.tolist()],
+            event_type=[event_type[i] for i in order.tolist()],
+            value=np.concatenate([self.value, opt_outs.value[new]])[order],
+        )
+
     @classmethod
     def from_frame(cls, events: pd.DataFrame) -> EventColumns:
         """From a canonical event table (one customer's rows, any order)."""
@@ -87,6 +118,15 @@ class HistoryStore(Protocol):
         ``since <= ts < before`` (ns since the epoch, UTC; ``since=None``: no lower bound).
 
         This is the request path: keep it fast.
+        """
+        ...
+
+    def unsubscribes(self, customer_id: str, before: int) -> EventColumns:
+        """The customer's ``unsubscribe`` events with ``ts < before``, however old.
+
+        Opt-outs never expire, so the contact rules must see every one of them, also when
+        the features read a shorter window of history or the request brings its own.
+        Also on the request path: keep it fast (an index of the unsubscribes alone).
         """
         ...
 
@@ -120,6 +160,9 @@ CREATE TABLE IF NOT EXISTS events (
     dedup_key    TEXT    NOT NULL UNIQUE
 );
 CREATE INDEX IF NOT EXISTS events_customer_time ON events (customer_id, ts);
+-- opt-outs of any age, without scanning a long history (HistoryStore.unsubscribes)
+CREATE INDEX IF NOT EXISTS events_unsubscribes ON events (customer_id, ts)
+    WHERE event_type = 'unsubscribe';
 CREATE TABLE IF NOT EXISTS customers (
     customer_id  TEXT PRIMARY KEY,
     attributes   TEXT NOT NULL              -- JSON object
@@ -133,6 +176,10 @@ _INSERT = (
 _SELECT_RECENT = (
     "SELECT ts, channel, event_type, value FROM events "
     "WHERE customer_id = ? AND ts < ? AND ts >= ? ORDER BY ts, seq"
+)
+_SELECT_UNSUBSCRIBES = (
+    "SELECT ts, channel, event_type, value FROM events "
+    "WHERE customer_id = ? AND event_type = 'unsubscribe' AND ts < ? ORDER BY ts, seq"
 )
 _SELECT = (
     "SELECT customer_id, ts, channel, event_type, action, value, propensity, event_id, "
@@ -219,6 +266,11 @@ class SQLiteHistoryStore:
         """See :meth:`HistoryStore.recent_events`: one indexed range scan, four columns."""
         lo = np.iinfo(np.int64).min if since is None else int(since)
         rows = self._db.connection().execute(_SELECT_RECENT, (customer_id, int(before), lo))
+        return EventColumns.from_rows(rows.fetchall())
+
+    def unsubscribes(self, customer_id: str, before: int) -> EventColumns:
+        """See :meth:`HistoryStore.unsubscribes`: a range scan of a partial index."""
+        rows = self._db.connection().execute(_SELECT_UNSUBSCRIBES, (customer_id, int(before)))
         return EventColumns.from_rows(rows.fetchall())
 
     def history(

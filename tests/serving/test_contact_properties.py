@@ -49,6 +49,7 @@ from tests.conftest import make_events
 # with daylight saving time, and an ``ads`` channel that is never quiet.
 WINDOW_DAYS = 5
 COOLDOWN_HOURS = 48
+HISTORY_DAYS = 120  # the service's history_days: older events are out of its features
 MAX_PER_CHANNEL = 2
 CHANNEL_CAPS = {"phone": 1, "ads": 3}
 MAX_TOTAL = 4
@@ -147,6 +148,7 @@ def _service(root: Path, catalog: Catalog) -> Iterator[Service]:
         store_path=root / "store.db",
         decision_log_path=root / "decisions.db",
         seed=20240601,
+        history_days=HISTORY_DAYS,
     )
     store = SQLiteHistoryStore(settings_.store_path)
     with TestClient(create_app(settings_, store=store)) as client:
@@ -241,6 +243,12 @@ offsets = st.one_of(
     st.integers(-8 * DAY // HOUR, 0).map(lambda h: h * HOUR),  # many ties on the hour
     st.sampled_from(EDGES),
 )
+# Opt-outs also long before the service's history window: they never expire.
+opt_out_offsets = st.one_of(
+    offsets,
+    st.integers(-3 * HISTORY_DAYS * DAY // SEC, -HISTORY_DAYS * DAY // SEC).map(lambda s: s * SEC),
+    st.sampled_from([-HISTORY_DAYS * DAY - US, -HISTORY_DAYS * DAY, -HISTORY_DAYS * DAY + US]),
+)
 # Sends weigh three times more than the other templates, so that the caps bind.
 templates = st.sampled_from([*SENDS, *SENDS, *SENDS, *OTHERS])
 
@@ -313,7 +321,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     # Unsubscribes apart (0-4 of them): mixed in with the rest, they would block most
     # channels of most histories and hide the rules checked after them.
     for etype, channel, _ in draw(st.lists(st.sampled_from(UNSUBSCRIBES), max_size=4)):
-        events.append(Event(as_of + draw(offsets), channel, etype))
+        events.append(Event(as_of + draw(opt_out_offsets), channel, etype))
     events = draw(st.permutations(events))  # the order of the rows must not matter
     consent = None
     if draw(st.booleans()):
@@ -431,22 +439,36 @@ def _store_history(service: Service, customer_id: str, events: list[Event]) -> N
     assert (accepted, duplicates) == (len(events), 0)
 
 
-HISTORY_SOURCES = ("inline", "store", "events_api")
+HISTORY_SOURCES = ("inline", "store", "events_api", "inline_but_opt_outs")
+
+
+def _opt_outs(events: list[Event]) -> tuple[list[Event], list[Event]]:
+    """``(unsubscribes, the rest)``."""
+    return (
+        [e for e in events if e.event_type == "unsubscribe"],
+        [e for e in events if e.event_type != "unsubscribe"],
+    )
 
 
 def _decide_all(service: Service, sc: Scenario, source: str) -> list[tuple[int, dict[str, Any]]]:
     """Every decision of the scenario for a fresh customer, k = all: ``(as_of, response)``.
 
     The main decision reads its history from ``source``: inline in the request, written to
-    the store directly, or posted to ``/v1/events`` first.  The other times are decided
-    in one batch call over the store.  The consent row always goes to the store.
+    the store directly, or posted to ``/v1/events`` first; or inline but for the
+    unsubscribes, which only the store holds (a client's partial history must not hide a
+    stored opt-out).  The other times are decided in one batch call over the store.  The
+    consent row always goes to the store.
     """
     cid = _fresh_customer()
     if sc.consent is not None:
         service.store.load_customers(pd.DataFrame([{"customer_id": cid, **sc.consent}]))
     body: dict[str, Any] = {"customer_id": cid, "k": len(ACTIONS), "as_of": _iso(sc.as_of)}
+    opt_outs, rest = _opt_outs(sc.events)
     if source == "inline":
         body["events"] = _event_rows(cid, sc.events)
+    elif source == "inline_but_opt_outs":
+        _store_history(service, cid, opt_outs)
+        body["events"] = _event_rows(cid, rest)
     elif source == "store":
         _store_history(service, cid, sc.events)
     elif sc.events:
@@ -459,6 +481,8 @@ def _decide_all(service: Service, sc: Scenario, source: str) -> list[tuple[int, 
     if sc.more_times:
         if source == "inline":
             _store_history(service, cid, sc.events)
+        elif source == "inline_but_opt_outs":
+            _store_history(service, cid, rest)
         batch = [{"customer_id": cid, "k": len(ACTIONS), "as_of": _iso(t)} for t in sc.more_times]
         r = service.client.post("/v1/recommendations:batch", json={"requests": batch})
         assert r.status_code == 200, r.text

@@ -87,6 +87,33 @@ def test_history_is_strictly_before_and_canonical(store: SQLiteHistoryStore) -> 
     assert len(empty) == 0 and list(empty.columns) == list(EVENT_COLUMNS)
 
 
+def test_opt_outs_of_any_age_and_merged_once(store: SQLiteHistoryStore) -> None:
+    store.add(
+        make_events(
+            [
+                ("c3", "2020-01-01 10:00", "sms", "unsubscribe"),  # years before any window
+                ("c3", "2024-03-01 10:00", "email", "sent", "email_promo"),
+                ("c3", "2024-03-02 10:00", "push", "unsubscribe"),
+                ("c3", "2024-03-04 10:00", "email", "unsubscribe"),  # at `before`: not yet
+            ]
+        )
+    )
+    before = int(pd.Timestamp("2024-03-04 10:00", tz="UTC").value)
+    opt_outs = store.unsubscribes("c3", before)
+    assert list(opt_outs.channel) == ["sms", "push"]
+    assert set(opt_outs.event_type) == {"unsubscribe"}
+    assert len(store.unsubscribes("nobody", before)) == 0
+    # The window the features read (from 2024-03-01) holds the push opt-out already: the
+    # merge adds the old sms one only, in time order.
+    since = int(pd.Timestamp("2024-03-01", tz="UTC").value)
+    window = store.recent_events("c3", before, since)
+    merged = window.with_opt_outs(opt_outs)
+    assert list(merged.channel) == ["sms", "email", "push"]
+    assert list(merged.event_type) == ["unsubscribe", "sent", "unsubscribe"]
+    assert (merged.time[:-1] <= merged.time[1:]).all()
+    assert window.with_opt_outs(store.unsubscribes("nobody", before)) is window
+
+
 def test_customers_round_trip(store: SQLiteHistoryStore) -> None:
     customers = pd.DataFrame(
         {"customer_id": ["c1", "c2"], "consent_sms": [False, True], "tier": ["gold", None]}
