@@ -62,6 +62,7 @@ from serving.settings import ServingSettings
 from serving.shared_reload import POLL_SECONDS as SHARED_RELOAD_POLL_SECONDS
 from serving.shared_reload import SharedReload
 from serving.store import EventColumns, HistoryStore, SQLiteHistoryStore
+from serving.strict_json import StrictJSONRoute
 
 __all__ = ["LoadedModel", "Metrics", "Service", "create_app", "customer_features"]
 
@@ -455,6 +456,7 @@ def create_app(
         version="1",
         lifespan=lifespan,
     )
+    app.router.route_class = StrictJSONRoute  # JSON text only (serving/strict_json.py)
     app.state.service = None
     app.state.watcher = None
     app.state.peer_watcher = None  # follows the other workers' reloads (shared_reload)

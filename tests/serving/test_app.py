@@ -257,6 +257,50 @@ def test_malformed_json_is_4xx(client: TestClient) -> None:
     assert 400 <= r.status_code < 500
 
 
+_VISIT = '"timestamp": "2024-01-01T00:00:00Z", "channel": "web", "event_type": "visit"'
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/recommendations", '{"customer_id": "\\ud800abc", "k": 2}'),
+        ("/v1/recommendations", '{"customer_id": "c1", "context": {"x": "\\udc00"}}'),
+        ("/v1/recommendations", '{"customer_id": "c1", "context": {"\\ud800": 1}}'),
+        ("/v1/recommendations", '{"customer_id": "c1", "events": [{"customer_id": "c1", '
+         + _VISIT + ', "event_id": "\\ud800"}]}'),
+        ("/v1/recommendations:batch", '{"requests": [{"customer_id": "\\ud800", "k": 1}]}'),
+        ("/v1/events", '{"events": [{"customer_id": "\\ud800", ' + _VISIT + "}]}"),
+        ("/v1/events", '{"events": [{"customer_id": "c1", ' + _VISIT + ', "event_id": "a\\udfff"}]}'),
+    ],
+)  # fmt: skip
+def test_a_lone_surrogate_in_any_string_is_a_422_not_a_500(
+    client: TestClient, path: str, body: str
+) -> None:
+    """JSON can escape half a UTF-16 pair; such a string is not text and used to pass
+    validation, then fail in the store, the decision log or the 422's echo (500)."""
+    r = client.post(
+        path, content=body.encode(), headers={"content-type": "application/json", "x-api-key": KEY}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["type"] == "json_invalid"
+    assert "surrogate" in r.json()["detail"][0]["ctx"]["error"]
+    # A proper pair is text, and the same body with it is answered.
+    good = body.replace("\\ud800", "\\ud83d\\ude00").replace("\\udc00", "\\ud83d\\ude00")
+    good = good.replace("\\udfff", "\\ud83d\\ude00")
+    r = client.post(
+        path, content=good.encode(), headers={"content-type": "application/json", "x-api-key": KEY}
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_invalid_utf8_is_4xx(client: TestClient) -> None:
+    body = b'{"customer_id": "\xed\xa0\x80"}'  # a surrogate encoded as UTF-8: not UTF-8
+    r = client.post(
+        "/v1/recommendations", content=body, headers={"content-type": "application/json"}
+    )
+    assert 400 <= r.status_code < 500, r.text
+
+
 # ---------------------------------------------------------------------------- events
 def test_events_need_the_api_key(client: TestClient) -> None:
     body = {"events": [{"customer_id": "c5", "timestamp": AS_OF, "channel": "web",
