@@ -33,7 +33,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from features.counters import NS_PER_DAY
-from features.ingest import IngestError, normalize_events, read_customers, read_events
+from features.ingest import (
+    IngestError,
+    normalize_events,
+    read_customers,
+    read_events,
+    write_quarantine,
+)
 from serving.bundle import Bundle, load_bundle
 from serving.contact_policy import RULES
 from serving.decision_log import DecisionLog, DecisionRecord, new_decision_id
@@ -293,22 +299,28 @@ class Service:
         return EventsResponse(accepted=accepted, duplicates=duplicates, errors=errors)
 
     def load_files(self) -> None:
-        """Load the startup customers table and event log (settings) into the store."""
+        """Load the startup customers table and event log (settings) into the store.
+
+        Bad rows are kept, with their row numbers and reasons, in
+        ``<file stem>.quarantine.csv`` next to the store (the service's output, as the
+        other commands quarantine next to theirs), and reported in the log.
+        """
         s = self.settings
         if s.customers_path is not None:
             cres = read_customers(s.customers_path)
             n = self.store.load_customers(cres.customers)
-            log.info("customers: %d loaded, %d quarantined", n, cres.n_quarantined)
+            log.info("%s; %d stored", cres.summary_text(), n)
+            self._quarantine(cres.quarantine, Path(s.customers_path), "customer rows")
         if s.events_path is not None:
             eres = read_events(s.events_path)
             accepted, duplicates = self.store.add(eres.events)
-            log.info(
-                "events: %d accepted, %d already stored, %d duplicates in the file, %d quarantined",
-                accepted,
-                duplicates,
-                eres.n_duplicates,
-                eres.n_quarantined,
-            )
+            log.info("%s; %d stored, %d already stored", eres.summary_text(), accepted, duplicates)
+            self._quarantine(eres.quarantine, Path(s.events_path), "event rows")
+
+    def _quarantine(self, rows: pd.DataFrame, source: Path, what: str) -> None:
+        written = write_quarantine(rows, Path(self.settings.store_path).parent / source.name)
+        if written is not None:
+            log.warning("%s: %d bad %s quarantined in %s", source, len(rows), what, written)
 
     def close(self) -> None:
         self.store.close()

@@ -59,6 +59,8 @@ def serve(
     """Run the service until interrupted (SIGINT or SIGTERM)."""
     import uvicorn
 
+    _log_to_stderr()
+
     from serving.app import create_app
 
     def config(worker_settings: ServingSettings, worker: int | None = None) -> uvicorn.Config:
@@ -166,6 +168,20 @@ def _worker_seed(seed: int | None, worker: int) -> int | None:
     if seed is None:
         return None
     return int(np.random.SeedSequence([seed, worker]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _log_to_stderr() -> None:
+    """The service's own messages (``touchpoint.*``: startup files, quarantines, reloads,
+    workers) on stderr, in the CLI's progress format.  uvicorn configures only its own
+    loggers, so without this only warnings reached stderr, bare, and the rest was lost.
+    Left alone when the application has configured the logger itself."""
+    logger = logging.getLogger("touchpoint")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[touchpoint %(asctime)s] %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _load_startup_files(settings: ServingSettings) -> None:

@@ -392,6 +392,37 @@ def test_metrics_text(client: TestClient) -> None:
     assert 'touchpoint_model_info{model_version="test-1"} 1' in body
 
 
+def test_bad_rows_of_the_startup_files_are_quarantined_next_to_the_store(
+    tmp_path: Path, bundle_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inputs, store_dir = tmp_path / "inputs", tmp_path / "state"
+    inputs.mkdir()
+    (inputs / "events.csv").write_text(
+        "customer_id,timestamp,channel,event_type\n"
+        "c1,2024-03-01T10:00:00Z,web,visit\n"
+        "c1,2024-03-02T10:00:00Z,web,teleport\n"  # unknown event type
+        "c2,not a time,web,visit\n"
+    )
+    (inputs / "customers.csv").write_text("customer_id,consent_email\nc1,true\n,false\n")
+    settings = ServingSettings(
+        model=bundle_dir,
+        store_path=store_dir / "store.db",
+        decision_log_path=store_dir / "decisions.db",
+        events_path=inputs / "events.csv",
+        customers_path=inputs / "customers.csv",
+    )
+    with caplog.at_level("INFO", logger="touchpoint"), TestClient(create_app(settings)):
+        pass
+    events_q = pd.read_csv(store_dir / "events.quarantine.csv")
+    customers_q = pd.read_csv(store_dir / "customers.quarantine.csv")
+    assert len(events_q) == 2 and len(customers_q) == 1
+    assert events_q.filter(like="reason").astype(str).apply(" ".join, axis=1).str.len().min() > 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("2 bad event rows quarantined" in m for m in warnings), warnings
+    assert any("1 bad customer rows quarantined" in m for m in warnings), warnings
+    assert not list(inputs.glob("*.quarantine.csv"))  # the inputs' folder is left alone
+
+
 def test_open_writes_without_api_key(tmp_path: Path, bundle_dir: Path) -> None:
     settings = ServingSettings(
         model=bundle_dir, store_path=tmp_path / "s.db", decision_log_path=tmp_path / "d.db"
