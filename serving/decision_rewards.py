@@ -10,9 +10,12 @@ tie them together:
   ``(decision_time, decision_time + conversion_days]``, which is how the models' labels
   are defined (``training.labels``) and so what the policy's value is measured in.
 
-The result has one row per decision and adds ``executed`` (a ``sent`` carries the
-decision id), ``outcome_events`` (events carrying it), ``converted`` (a purchase carries
-it or falls in the window) and ``conversion_value`` (the sum of those purchases' values).
+The result has one row per decision and adds ``executed`` (a ``sent`` of the chosen
+action carries the decision id), ``executed_other_action`` (a ``sent`` carrying the id
+executed another action: the CRM overrode the decision, so the logged propensity does not
+describe what was done and the row is not bandit feedback for the chosen action),
+``outcome_events`` (events carrying it), ``converted`` (a purchase carries it or falls in
+the window) and ``conversion_value`` (the sum of those purchases' values).
 Features are not copied into the log: they are recomputed exactly, point in time, from
 ``customer_id`` and ``decision_time`` with the feature pipeline.
 """
@@ -26,7 +29,13 @@ from features.counters import NS_PER_DAY, to_ns
 
 __all__ = ["REWARD_COLUMNS", "join_rewards"]
 
-REWARD_COLUMNS = ("executed", "outcome_events", "converted", "conversion_value")
+REWARD_COLUMNS = (
+    "executed",
+    "executed_other_action",
+    "outcome_events",
+    "converted",
+    "conversion_value",
+)
 
 
 def join_rewards(
@@ -43,13 +52,14 @@ def join_rewards(
     out = decisions.copy()
     n = len(out)
     executed = np.zeros(n, dtype=bool)
+    other_action = np.zeros(n, dtype=bool)
     outcome_events = np.zeros(n, dtype=np.int64)
     converted = np.zeros(n, dtype=bool)
     conversion_value = np.zeros(n, dtype=np.float64)
     if n == 0 or len(events) == 0:
-        out["executed"], out["outcome_events"] = executed, outcome_events
-        out["converted"], out["conversion_value"] = converted, conversion_value
-        return out
+        return _with_rewards(
+            out, executed, other_action, outcome_events, converted, conversion_value
+        )
     row_of = pd.Series(np.arange(n), index=out["decision_id"].astype(str).to_numpy())
     decision_ns = to_ns(out["decision_time"])
 
@@ -62,7 +72,14 @@ def join_rewards(
         rows = rows[known].astype(np.int64)
         etype = linked["event_type"].astype(str).to_numpy()[known]
         np.add.at(outcome_events, rows, 1)
-        executed[rows[etype == "sent"]] = True
+        sent = etype == "sent"
+        # A send of no action (None) or of another action than the chosen one is not the
+        # decision executed.
+        sent_action = linked["action"].astype(object).to_numpy()[known][sent]
+        chosen = out["action"].astype(str).to_numpy()[rows[sent]]
+        same = np.array([a == c for a, c in zip(sent_action, chosen, strict=True)], dtype=bool)
+        executed[rows[sent][same]] = True
+        other_action[rows[sent][~same]] = True
         bought = rows[etype == "purchase"]
         value = linked["value"].to_numpy(dtype=np.float64, na_value=np.nan)[known]
         linked_purchase = pd.DataFrame(
@@ -104,8 +121,13 @@ def join_rewards(
         rows = both["row"].to_numpy(dtype=np.int64)
         converted[rows] = True
         np.add.at(conversion_value, rows, np.nan_to_num(both["value"].to_numpy(np.float64)))
-    out["executed"], out["outcome_events"] = executed, outcome_events
-    out["converted"], out["conversion_value"] = converted, conversion_value
+    return _with_rewards(out, executed, other_action, outcome_events, converted, conversion_value)
+
+
+def _with_rewards(out: pd.DataFrame, *columns: np.ndarray) -> pd.DataFrame:
+    """``out`` with :data:`REWARD_COLUMNS`, given in that order."""
+    for name, values in zip(REWARD_COLUMNS, columns, strict=True):
+        out[name] = values
     return out
 
 

@@ -48,12 +48,30 @@ def test_rewards_follow_links_and_the_conversion_window() -> None:
     assert list(out.columns) == [*OPE_COLUMNS, *REWARD_COLUMNS]
     got = out.set_index("decision_id")
     assert got.loc["d1", "executed"] and got.loc["d1", "outcome_events"] == 1
+    assert not out["executed_other_action"].any()
     assert got.loc["d1", "converted"] and got.loc["d1", "conversion_value"] == pytest.approx(40.0)
     # d2 (none, 20 March): no purchase in its window and nothing linked to it.
     assert not got.loc["d2", "converted"] and got.loc["d2", "conversion_value"] == 0.0
     # d3: the send carries no id (not executed as far as we know), but a purchase names it.
     assert not got.loc["d3", "executed"] and got.loc["d3", "outcome_events"] == 1
     assert got.loc["d3", "converted"] and got.loc["d3", "conversion_value"] == pytest.approx(15.0)
+
+
+def test_a_send_of_another_action_does_not_execute_the_decision() -> None:
+    """The CRM overrode d1 (email_promo) with an sms, and sent something for d2 (none):
+    neither is the decision executed, so neither is bandit feedback for its action."""
+    events = make_events(
+        [
+            ("c1", "2024-03-01 13:00", "sms", "sent", "sms_offer"),
+            ("c1", "2024-03-20 13:00", "email", "sent", "email_promo"),
+            ("c2", "2024-03-01 13:00", "sms", "sent", "sms_offer"),
+        ]
+    )
+    events["decision_id"] = ["d1", "d2", "d3"]
+    got = join_rewards(_decisions(), events).set_index("decision_id")
+    assert got["executed"].to_dict() == {"d1": False, "d2": False, "d3": True}
+    assert got["executed_other_action"].to_dict() == {"d1": True, "d2": True, "d3": False}
+    assert (got["outcome_events"] == 1).all()
 
 
 def test_a_purchase_linked_and_in_the_window_counts_once() -> None:
