@@ -227,7 +227,9 @@ class SQLiteHistoryStore:
     """:class:`HistoryStore` in one SQLite file (WAL mode; safe across threads)."""
 
     def __init__(self, path: str | Path) -> None:
-        self._db = SQLiteConnections(path, _SCHEMA)
+        # CONTRACT §5: an accepted event is never lost, also not to a power cut; an fsync
+        # per write is cheap next to ingestion (recommendations only read the store).
+        self._db = SQLiteConnections(path, _SCHEMA, durable=True)
         self.path = self._db.path
 
     # ------------------------------------------------------------------ events

@@ -46,6 +46,8 @@ def test_store_implements_the_interface(store: SQLiteHistoryStore) -> None:
     assert isinstance(store, HistoryStore)
     mode = store._db.connection().execute("PRAGMA journal_mode").fetchone()[0]
     assert mode.lower() == "wal"
+    # An accepted event survives a power cut (CONTRACT §5): the WAL is synced per commit.
+    assert store._db.connection().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
 def test_add_is_idempotent_with_and_without_event_ids(store: SQLiteHistoryStore) -> None:
