@@ -139,8 +139,12 @@ class Service:
     def _inline_history(
         self, events: list[EventIn], customer_id: str, as_of_ns: int, loc: list[str | int]
     ) -> EventColumns:
+        events = list(events)  # rows are filled in below: not the request's own list
         for i, e in enumerate(events):
-            if e.customer_id is not None and e.customer_id.strip() != customer_id:
+            if e.customer_id is None or not e.customer_id.strip():
+                # The request names the customer: an inline row may leave it out.
+                events[i] = e.model_copy(update={"customer_id": customer_id})
+            elif e.customer_id.strip() != customer_id:
                 raise RequestError(
                     [*loc, "events", i, "customer_id"],
                     f"inline events must belong to customer_id {customer_id!r}",

@@ -167,6 +167,11 @@ def test_inline_events_give_the_same_answer_as_the_store(client: TestClient) -> 
     b = _rec(client, customer_id="c1", k=20, events=inline)
     score = lambda out: {r["action"]: r["score"] for r in out["recommendations"]}  # noqa: E731
     assert score(a) == pytest.approx(score(b))
+    # The request names the customer, so the rows may leave it out (or blank).
+    anonymous = [{k: v for k, v in row.items() if k != "customer_id"} for row in inline]
+    anonymous[1]["customer_id"] = " "
+    c = _rec(client, customer_id="c1", k=20, events=anonymous)
+    assert score(c) == pytest.approx(score(b))
 
 
 def test_online_features_equal_offline_features(bundle_dir: Path) -> None:
