@@ -299,6 +299,8 @@ class Service:
                 result.quarantine["row"].tolist(), result.quarantine["reason"].tolist(), strict=True
             )
         ]
+        # Refused, not lost: the rows as received, for whoever fixes the producer.
+        self.store.quarantine([(events[e.row - 1].model_dump(), e.reason) for e in errors])
         self.metrics.observe_events(accepted, duplicates, len(errors))
         return EventsResponse(accepted=accepted, duplicates=duplicates, errors=errors)
 

@@ -6,7 +6,7 @@ never anything model-specific: a new model needs no migration.
 
 :class:`HistoryStore` is the interface the app depends on; :class:`SQLiteHistoryStore` is
 the implementation shipped (one file, WAL mode, good for one host).  A PostgreSQL or
-Redis store implements the same six methods and the engine never notices.
+Redis store implements the same seven methods and the engine never notices.
 
 Idempotence
 -----------
@@ -20,7 +20,8 @@ while two identical rows inside one file are both kept.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -142,6 +143,11 @@ class HistoryStore(Protocol):
         """Insert or replace customer rows; return how many."""
         ...
 
+    def quarantine(self, rejected: Sequence[tuple[Mapping[str, Any], str]]) -> None:
+        """Keep rows that failed validation, each ``(row as received, reason)``: bad input
+        is refused, never lost."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -163,6 +169,13 @@ CREATE INDEX IF NOT EXISTS events_customer_time ON events (customer_id, ts);
 -- opt-outs of any age, without scanning a long history (HistoryStore.unsubscribes)
 CREATE INDEX IF NOT EXISTS events_unsubscribes ON events (customer_id, ts)
     WHERE event_type = 'unsubscribe';
+-- rows POST /v1/events refused: kept with the reason (HistoryStore.quarantine)
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at  INTEGER NOT NULL,          -- ns since the epoch, UTC
+    reason       TEXT    NOT NULL,
+    event        TEXT    NOT NULL           -- JSON object: the row as received
+);
 CREATE TABLE IF NOT EXISTS customers (
     customer_id  TEXT PRIMARY KEY,
     attributes   TEXT NOT NULL              -- JSON object
@@ -284,6 +297,31 @@ class SQLiteHistoryStore:
             self._db.connection().execute(_SELECT, (str(customer_id), _ns(before), lo)).fetchall()
         )
         return events_frame(rows)
+
+    def quarantine(self, rejected: Sequence[tuple[Mapping[str, Any], str]]) -> None:
+        """See :meth:`HistoryStore.quarantine`: one transaction."""
+        if not rejected:
+            return
+        now = time.time_ns()
+        # Python's JSON (NaN allowed): a refused row is kept exactly as it came.
+        rows = [(now, reason, json.dumps(dict(row), default=str)) for row, reason in rejected]
+        with self._db.writing() as conn:
+            conn.executemany(
+                "INSERT INTO quarantine (received_at, reason, event) VALUES (?, ?, ?)", rows
+            )
+
+    def quarantined(self) -> pd.DataFrame:
+        """The refused rows, oldest first: ``received_at`` (UTC), ``reason``, ``event``
+        (the row as received, a dict)."""
+        rows = (
+            self._db.connection()
+            .execute("SELECT received_at, reason, event FROM quarantine ORDER BY seq")
+            .fetchall()
+        )
+        frame = pd.DataFrame.from_records(rows, columns=["received_at", "reason", "event"])
+        frame["received_at"] = pd.to_datetime(frame["received_at"].astype("int64"), utc=True)
+        frame["event"] = [json.loads(e) for e in frame["event"]]
+        return frame
 
     def count(self) -> int:
         """Number of stored events."""

@@ -342,6 +342,11 @@ def test_events_are_idempotent_and_bad_rows_reported(client: TestClient) -> None
     assert set(rows) == {2, 3, 5}
     assert "timestamp" in rows[2] and "event_type" in rows[3]
     assert "value" in rows[5] and "propensity" in rows[5]
+    # Refused rows are kept in the store's quarantine, as received, with the reason.
+    kept = client.app.state.service.store.quarantined()
+    assert [e["event_id"] for e in kept["event"]] == ["b", "c", "e"]
+    assert kept["reason"].tolist() == [rows[2], rows[3], rows[5]]
+    assert kept["event"][2]["value"] == "lots" and kept["event"][2]["propensity"] == -1
     again = client.post("/v1/events", json={"events": events}, headers=headers).json()
     assert again["accepted"] == 0 and again["duplicates"] == 4
     assert client.post("/v1/events", json={"events": []}, headers=headers).json() == {
