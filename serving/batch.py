@@ -7,6 +7,7 @@ serves HTTP requests ranks the actions under the contact rules.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,28 @@ class BatchResult:
 
 
 def read_ids(path: str | Path) -> list[str]:
-    """Customer ids, one per line; blank lines are skipped and a ``customer_id`` header is allowed."""
-    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
-    ids = [line.strip() for line in lines if line.strip()]
-    if ids and ids[0].lower() == "customer_id":
-        ids = ids[1:]
+    """Customer ids, one per line; blank lines are skipped and a ``customer_id`` header is allowed.
+
+    A CSV file with several columns is read too when one of them is ``customer_id``.
+    ``ValueError`` (naming ``path``) for a file with no ids, a CSV file without a
+    ``customer_id`` column, or a file that is not UTF-8 text.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file of customer ids ({exc.reason})") from exc
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and "," in lines[0]:  # a CSV file: take its customer_id column
+        header = [name.strip().lower() for name in next(csv.reader([lines[0]]))]
+        if "customer_id" not in header:
+            raise ValueError(f"{path}: several columns ({lines[0][:80]}) but no customer_id column")
+        column = header.index("customer_id")
+        rows = csv.reader(lines[1:])
+        ids = [row[column].strip() for row in rows if len(row) > column and row[column].strip()]
+    else:
+        ids = lines
+        if ids and ids[0].lower() == "customer_id":
+            ids = ids[1:]
     if not ids:
         raise ValueError(f"{path}: no customer ids")
     return list(dict.fromkeys(ids))  # duplicates would only repeat rows

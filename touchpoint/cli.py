@@ -10,10 +10,11 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,63 @@ def count(text: str) -> int:
     if not value.is_integer():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return int(value)
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """A :func:`count` type that is at least ``minimum`` (argparse names the flag on error)."""
+
+    def checked(text: str) -> int:
+        value = count(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is below {minimum}")
+        return value
+
+    checked.__name__ = "count"  # argparse's "invalid count value" for non-numbers
+    return checked
+
+
+#: Counts of things (customers, days, rows, ranked actions): 1 or more.
+positive = at_least(1)
+#: Seeds and limits where 0 is meaningful.
+non_negative = at_least(0)
+#: Bootstrap samples: a confidence interval needs two or more.
+bootstraps = at_least(2)
+
+
+def ratio(text: str) -> float:
+    """A finite number >= 0 (a rate such as ``--none-per-send``)."""
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A fraction in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:  # also False for nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not in [0, 1]")
+    return value
+
+
+def path_text(text: str) -> str:
+    """A file or folder argument: an empty string would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
+def port(text: str) -> int:
+    """A TCP port, 0-65535 (0: any free port)."""
+    value = non_negative(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is above 65535")
+    return value
+
+
+def folder(text: str) -> Path:
+    """A folder argument (see :func:`path_text`)."""
+    return Path(path_text(text))
 
 
 def share(text: str) -> float:
@@ -67,13 +125,71 @@ def _input_errors() -> tuple[type[BaseException], ...]:
         SplitError,
         BadInput,
         FileNotFoundError,
+        # An output path that is a folder, under a file, or not writable.
+        IsADirectoryError,
+        NotADirectoryError,
+        FileExistsError,
+        PermissionError,
     )
+
+
+def timestamp(flag: str, text: str) -> Any:
+    """``text`` as a UTC ``pd.Timestamp`` (naive times are UTC); :class:`BadInput` names
+    ``flag`` when it is empty, unparsable or outside pandas' nanosecond range (1677-2262)."""
+    import pandas as pd
+
+    try:
+        value = pd.Timestamp(text)
+        if value is pd.NaT:  # "" and "NaT" parse as "no time"
+            raise ValueError("no time given")
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadInput(f"{flag} {text!r} is not an ISO-8601 time ({exc})") from exc
+    try:  # the features are computed in nanoseconds
+        value = value.as_unit("ns")
+    except (ValueError, OverflowError) as exc:  # pandas' OutOfBoundsDatetime is a ValueError
+        raise BadInput(
+            f"{flag} {text!r} is out of range: times from 1677-09-22 to 2262-04-11 are supported"
+        ) from exc
+    return value.tz_localize("UTC") if value.tzinfo is None else value.tz_convert("UTC")
+
+
+def _input_file(flag: str, path: str | Path | None) -> None:
+    """Fail now, naming ``flag``, when ``path`` is not a readable file (None: not given)."""
+    if path is None:
+        return
+    p = Path(path)
+    if not p.exists():
+        raise BadInput(f"{flag} {path}: no such file")
+    if not p.is_file():
+        raise BadInput(f"{flag} {path}: not a file")
+    if not os.access(p, os.R_OK):
+        raise BadInput(f"{flag} {path}: not readable")
+
+
+def _output_file(flag: str, path: str | Path) -> Path:
+    """``path`` as a Path, once it is known not to be a folder (checked before the work)."""
+    p = Path(path)
+    if p.is_dir():
+        raise BadInput(f"{flag} {path}: is a folder, expected a file name")
+    return p
 
 
 # --------------------------------------------------------------------------- handlers
 def cmd_simulate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from training.simulator import simulate, write_simulation
 
+    start = timestamp("--start", args.start)
+    try:
+        start + pd.Timedelta(days=args.days + 1)
+    except (ValueError, OverflowError):  # OutOfBoundsDatetime
+        raise BadInput(
+            f"--start {args.start!r} plus --days {args.days} goes past 2262-04-11, "
+            "the last supported time"
+        ) from None
+    if args.out.exists() and not args.out.is_dir():
+        raise BadInput(f"--out {args.out}: is a file, expected a folder")
     log(f"simulating {args.customers:,} customers over {args.days} days (seed {args.seed})")
     sim = simulate(
         n_customers=args.customers,
@@ -116,12 +232,17 @@ def _read_inputs(args: argparse.Namespace, *, quarantine_next_to: Path | None) -
         cres = read_customers(args.customers, strict=args.strict)
         log(cres.summary_text())
         if quarantine_next_to is not None and len(cres.quarantine):
-            target = quarantine_next_to.with_name(quarantine_next_to.stem + ".customers.csv")
-            written = write_quarantine(cres.quarantine, target)
+            written = write_quarantine(cres.quarantine, _customers_target(quarantine_next_to))
             log(f"{len(cres.quarantine):,} bad customer rows quarantined in {written}")
         customers = cres.customers
     args._ingest_result = result  # the report's quarantine summary reads it
     return result.events, customers, catalog
+
+
+def _customers_target(quarantine_next_to: Path) -> Path:
+    """What :func:`features.ingest.write_quarantine` turns into the customers' quarantine
+    file: ``out/x.parquet`` -> ``out/x.customers.quarantine.csv``."""
+    return quarantine_next_to.with_name(quarantine_next_to.stem + ".customers.csv")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -146,6 +267,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         cres = read_customers(args.customers, strict=False)
         print(f"customers {args.customers}: {cres.summary_text()}")
         problems += _print_quarantine(cres.quarantine, args.max_rows)
+        if args.quarantine:
+            written = write_quarantine(cres.quarantine, _customers_target(Path(args.quarantine)))
+            if written is not None:
+                print(f"customers quarantine written to {written}")
         customers_ok = len(cres.customers) > 0
     if len(result.events) == 0 or not customers_ok:
         print("nothing valid remains", file=sys.stderr)
@@ -171,7 +296,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from features.pipeline import iter_feature_table
     from training.train import TrainConfig, feature_spec_for
 
-    out = Path(args.out)
+    out = _output_file("--out", args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     events, customers, catalog = _read_inputs(args, quarantine_next_to=out)
     # The same spec as training builds, so this table is exactly what the models see.
@@ -265,7 +390,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.offline_eval import evaluate_bundle
     from training.run import policy_table_text
 
-    out = Path(args.out)
+    out = _output_file("--out", args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     engine = DecisionEngine(load_bundle(resolve_model(args.model)))
     events, customers, _ = _read_inputs(args, quarantine_next_to=out)
@@ -313,6 +438,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             for e in exc.errors()
         )
         raise BadInput(f"invalid setting: {problems}") from None
+    # The service loads these at startup, inside uvicorn: a bad one would end it with a
+    # traceback (and status 3) after the port is bound; check them here instead.
+    _require_bundle(settings.model, args.model)
+    _input_file("--events", settings.events_path)
+    _input_file("--customers", settings.customers_path)
     if source is not None and settings.reload_poll_seconds > 0:
         log(
             f"following {source.uri} (now version {ident}); checking for a new version "
@@ -326,6 +456,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_bundle(folder: Path, given: str) -> None:
+    """A bundle folder is one with a readable :data:`serving.bundle.BUNDLE_FILE` (the rest is
+    checked when the service loads it)."""
+    from serving.bundle import BUNDLE_FILE, BundleError
+
+    if not folder.is_dir():
+        raise BundleError(f"--model {given}: no such bundle folder")
+    manifest = folder / BUNDLE_FILE
+    if not manifest.is_file():
+        raise BundleError(f"--model {given} is not a model bundle: {BUNDLE_FILE} not found")
+    if not os.access(manifest, os.R_OK):
+        raise BundleError(f"--model {given}: {manifest} is not readable")
+
+
 def _model_to_serve(model: str) -> tuple[Any, str | None, Path]:
     """The registry alias to follow (or None), the version served now, and its folder."""
     if model.startswith("models:/"):  # keeps the MLflow import off the plain-folder path
@@ -334,7 +478,10 @@ def _model_to_serve(model: str) -> tuple[Any, str | None, Path]:
         source = RegistryAliasSource.from_uri(model)  # None for a fixed version
         if source is not None:
             log(f"fetching {source.uri} from MLflow")
-            ident, path = source.resolve()
+            try:
+                ident, path = source.resolve()
+            except FileNotFoundError as exc:  # no such model or alias: say which exist
+                raise BadInput(f"--model {exc}{_registry_hint(model)}") from None
             return source, ident, path
     return None, None, resolve_model(model)
 
@@ -346,6 +493,8 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     path = Path(args.log)
     if not path.is_file():  # DecisionLog would create an empty log: say so instead
         raise BadInput(f"--log {args.log}: no such decision log")
+    _require_decision_log(path, args.log)
+    _output_file("--out", args.out)
     catalog = load_catalog(args.catalog)
     events = None
     if args.events:
@@ -362,11 +511,36 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_decision_log(path: Path, given: str) -> None:
+    """``path`` is an SQLite file with a ``decisions`` table, checked read-only: opening any
+    other file as a :class:`serving.decision_log.DecisionLog` would add its tables to it
+    (an empty file becomes a database) or fail with a traceback."""
+    import sqlite3
+
+    with path.open("rb") as handle:
+        header = handle.read(16)
+    if header != b"SQLite format 3\x00":
+        raise BadInput(f"--log {given}: not a decision log (not an SQLite file)")
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            found = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'"
+            ).fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise BadInput(f"--log {given}: unreadable SQLite file ({exc})") from None
+    if found is None:
+        raise BadInput(f"--log {given}: not a decision log (no decisions table)")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from training import tracking
     from training.report import QuarantineSummary, report_from_run
 
-    tracking.configure_uri_only()
+    _require_run(tracking.configure_uri_only(), args.run)
+    _output_file("--out", args.out)
     events, customers, _ = _read_inputs(args, quarantine_next_to=None)
     path = report_from_run(
         args.run,
@@ -381,9 +555,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_hillstrom(args: argparse.Namespace) -> int:
-    from training.hillstrom import format_report, run_hillstrom
+def _require_run(uri: str, run_id: str) -> None:
+    """The MLflow run exists (checked before the log is read, which takes longer)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
+    from training.registry_source import redact_uri
+
+    try:
+        MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code not in _MLFLOW_NOT_FOUND:
+            raise  # the tracking server is down or failing: not a problem of the argument
+        message = exc.message.rstrip(".")
+        raise BadInput(f"--run {run_id!r}: {message} in {redact_uri(uri)}") from None
+
+
+def cmd_hillstrom(args: argparse.Namespace) -> int:
+    from training.hillstrom import format_report, load_hillstrom, run_hillstrom
+
+    try:  # the file's columns, checked here so a wrong file is one line
+        load_hillstrom(args.data)
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"--data {args.data}: not a UTF-8 CSV file ({exc.reason})") from None
+    except ValueError as exc:  # a missing column, or pandas' parser errors
+        raise BadInput(f"--data {args.data}: {exc}") from None
     result = run_hillstrom(args.data, seed=args.seed, n_bootstrap=args.bootstrap, progress=log)
     print(format_report(result))
     return 0
@@ -411,33 +607,68 @@ def _sibling(path: str, name: str) -> Path | None:
 def resolve_model(model: str) -> Path:
     """A bundle folder, or an MLflow model URI (``models:/touchpoint@champion``) fetched locally."""
     if "://" in model or model.startswith("models:/"):
+        from mlflow.exceptions import MlflowException
+
         from training.tracking import download_bundle
 
         log(f"fetching {model} from MLflow")
-        return download_bundle(model)
+        try:
+            return download_bundle(model)
+        except MlflowException as exc:
+            if exc.error_code not in _MLFLOW_NOT_FOUND:
+                raise  # the registry is down or failing: not a problem of the argument
+            message = exc.message.rstrip(".")
+            raise BadInput(f"--model {model}: {message}{_registry_hint(model)}") from None
     path = Path(model)
     if not path.exists():
         raise FileNotFoundError(f"--model {model}: no such bundle folder")
     return path
 
 
-def cmd_recommend(args: argparse.Namespace) -> int:
-    import pandas as pd
+#: MLflow's error codes for "no such model, version, alias or run" (and a malformed one).
+_MLFLOW_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
+
+def _registry_hint(model: str) -> str:
+    """``"; aliases of touchpoint: champion -> 3"`` for a ``models:/`` URI (what does
+    exist), or "" when the registry has nothing to offer; never raises."""
+    import re
+
+    match = re.match(r"^models:/([^/@]+)", model)
+    if match is None:
+        return ""
+    name = match[1]
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from training.tracking import tracking_uri
+
+        uri = tracking_uri()
+        registered = MlflowClient(tracking_uri=uri, registry_uri=uri).get_registered_model(name)
+    except Exception:  # only a hint: no such model (the error says so), or the registry is down
+        return ""
+    aliases = ", ".join(f"{a} (version {v})" for a, v in sorted(registered.aliases.items()))
+    return f"; aliases of {name!r}: {aliases or 'none'}"
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
     from serving.batch import read_ids, recommend_batch
     from serving.bundle import load_bundle
     from serving.engine import DecisionEngine
 
-    try:
-        as_of = pd.Timestamp(args.as_of)
-    except ValueError as exc:
-        raise BadInput(f"--as-of {args.as_of!r} is not an ISO-8601 time ({exc})") from exc
-    out = Path(args.out)
+    as_of = timestamp("--as-of", args.as_of)
+    ids = None
+    if args.ids:  # read before the model and the log, which take longer
+        _input_file("--ids", args.ids)
+        try:
+            ids = read_ids(args.ids)
+        except ValueError as exc:  # empty, not text, or a CSV without customer_id
+            raise BadInput(f"--ids {exc}") from exc
+    out = _output_file("--out", args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     engine = DecisionEngine(load_bundle(resolve_model(args.model)))
     log(f"model version {engine.bundle.model_version}")
     events, customers, _ = _read_inputs(args, quarantine_next_to=out)
-    ids = read_ids(args.ids) if args.ids else None
     started = time.perf_counter()
     result = recommend_batch(engine, events, customers, as_of, ids=ids, top_k=args.top_k)
     elapsed = time.perf_counter() - started
@@ -453,6 +684,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole pipeline on simulated data, each step exactly as a user would run it."""
+    timestamp("--start", args.start)  # _end_of below needs it
     work = Path(args.workdir)
     data = work / "data"
     steps: list[list[str]] = [
@@ -553,23 +785,37 @@ def _end_of(args: argparse.Namespace) -> str:
 
 # --------------------------------------------------------------------------- parser
 def _add_input_args(p: argparse.ArgumentParser, *, catalog: bool = True) -> None:
-    p.add_argument("--events", required=True, help="touchpoint log (CSV or Parquet)")
-    p.add_argument("--customers", help="customer attributes and consent (CSV or Parquet)")
+    p.add_argument(
+        "--events", type=path_text, required=True, help="touchpoint log (CSV or Parquet)"
+    )
+    p.add_argument(
+        "--customers", type=path_text, help="customer attributes and consent (CSV or Parquet)"
+    )
     if catalog:
-        p.add_argument("--catalog", help="catalog YAML (default: the packaged catalog)")
-    p.add_argument("--mapping", help="vocabulary mapping YAML for logs in another vocabulary")
+        p.add_argument(
+            "--catalog", type=path_text, help="catalog YAML (default: the packaged catalog)"
+        )
+    p.add_argument(
+        "--mapping", type=path_text, help="vocabulary mapping YAML for logs in another vocabulary"
+    )
     p.add_argument(
         "--strict", action="store_true", help="fail on the first bad row instead of quarantining"
     )
 
 
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="bundle folder or models:/touchpoint@champion")
+    p.add_argument(
+        "--model",
+        required=True,
+        type=path_text,
+        help="bundle folder or models:/touchpoint@champion",
+    )
 
 
 def _add_ground_truth_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ground-truth",
+        type=path_text,
         help="simulator ground truth (default: ground_truth.parquet next to --events, if present)",
     )
 
@@ -584,14 +830,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("simulate", help="write a synthetic touchpoint log with known effects")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--customers", type=count, default=20_000, help="customers (default 20000)")
-    p.add_argument("--days", type=count, default=180, help="days of history (default 180)")
-    p.add_argument("--seed", type=count, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, type=folder, help="output folder")
+    p.add_argument("--customers", type=positive, default=20_000, help="customers (default 20000)")
+    p.add_argument("--days", type=positive, default=180, help="days of history (default 180)")
+    p.add_argument("--seed", type=non_negative, default=0, help="random seed (default 0)")
     p.add_argument("--start", default="2026-01-01", help="first day, UTC (default 2026-01-01)")
     p.add_argument(
         "--holdout-share",
-        type=float,
+        type=fraction,
         default=0.1,
         help="share of customers with ground truth at the end of the history (default 0.1)",
     )
@@ -599,21 +845,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="report what is wrong with a log, row by row")
     _add_input_args(p)
-    p.add_argument("--quarantine", help="write the bad rows (with reasons) to this CSV")
     p.add_argument(
-        "--max-rows", type=count, default=50, help="bad rows printed per file (default 50)"
+        "--quarantine",
+        type=path_text,
+        help="write the bad rows, with reasons, next to this path as <name>.quarantine.csv "
+        "(q.csv -> q.quarantine.csv; bad --customers rows -> q.customers.quarantine.csv); "
+        "nothing is written for a file without bad rows",
+    )
+    p.add_argument(
+        "--max-rows", type=non_negative, default=50, help="bad rows printed per file (default 50)"
     )
     p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("features", help="write the point-in-time decision-point feature table")
     _add_input_args(p)
-    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument("--out", required=True, type=path_text, help="output Parquet file")
     p.add_argument(
-        "--seed", type=count, default=0, help="seed for the sampled no-action moments (default 0)"
+        "--seed",
+        type=non_negative,
+        default=0,
+        help="seed for the sampled no-action moments (default 0)",
     )
     p.add_argument(
         "--batch-rows",
-        type=count,
+        type=positive,
         default=500_000,
         help="decision points computed and written per batch; bounds memory (default 500000)",
     )
@@ -633,19 +888,22 @@ def build_parser() -> argparse.ArgumentParser:
         "action as a feature; per_action: one model per action; compare: fit all four and "
         "keep the best by validation policy value",
     )
-    p.add_argument("--seed", type=count, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=non_negative, default=0, help="random seed (default 0)")
     p.add_argument(
         "--none-per-send",
-        type=float,
+        type=ratio,
         default=1.0,
         help="sampled no-action decision points per send (default 1.0)",
     )
     p.add_argument(
-        "--bootstrap", type=count, default=500, help="bootstrap samples for OPE CIs (default 500)"
+        "--bootstrap",
+        type=bootstraps,
+        default=500,
+        help="bootstrap samples for OPE CIs (default 500)",
     )
     p.add_argument(
         "--max-train-rows",
-        type=count,
+        type=positive,
         default=1_000_000,
         help="random subset of training rows beyond this (default 1000000)",
     )
@@ -665,7 +923,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(default; training/effect_features.py; docs/TRAINING.md), or every feature",
     )
     p.add_argument(
-        "--models-dir", default="models", help="where bundles are written (default models/)"
+        "--models-dir",
+        type=path_text,
+        default="models",
+        help="where bundles are written (default models/)",
     )
     _add_ground_truth_arg(p)
     p.add_argument("--no-register", action="store_true", help="log the run but do not register")
@@ -677,15 +938,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--as-of", required=True, help="use only events strictly before this time (ISO-8601)"
     )
-    p.add_argument("--ids", help="file of customer ids, one per line (default: all customers)")
-    p.add_argument("--top-k", type=count, default=3, help="ranked actions per customer (default 3)")
-    p.add_argument("--out", required=True, help="output CSV")
+    p.add_argument(
+        "--ids",
+        type=path_text,
+        help="file of customer ids, one per line, or a CSV file with a customer_id column "
+        "(default: all customers)",
+    )
+    p.add_argument(
+        "--top-k", type=positive, default=3, help="ranked actions per customer (default 3)"
+    )
+    p.add_argument("--out", required=True, type=path_text, help="output CSV")
     p.set_defaults(handler=cmd_recommend)
 
     p = sub.add_parser("serve", help="the HTTP API (FastAPI under uvicorn)")
     _add_model_arg(p)
-    p.add_argument("--events", help="load the history store from this log (CSV or Parquet)")
-    p.add_argument("--customers", help="customer attributes and consent (CSV or Parquet)")
+    p.add_argument(
+        "--events", type=path_text, help="load the history store from this log (CSV or Parquet)"
+    )
+    p.add_argument(
+        "--customers", type=path_text, help="customer attributes and consent (CSV or Parquet)"
+    )
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=count, help="port (default 8000)")
     p.add_argument(
@@ -698,29 +970,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "decisions", help="export the service's decision log, rewards joined, for evaluation"
     )
-    p.add_argument("--log", required=True, help="decision log (the service's SQLite file)")
-    p.add_argument("--events", help="touchpoint log to join the outcomes from (CSV or Parquet)")
     p.add_argument(
-        "--catalog", help="catalog YAML: its horizons.conversion_days (default: packaged)"
+        "--log", type=path_text, required=True, help="decision log (the service's SQLite file)"
     )
-    p.add_argument("--mapping", help="vocabulary mapping YAML for logs in another vocabulary")
+    p.add_argument(
+        "--events", type=path_text, help="touchpoint log to join the outcomes from (CSV or Parquet)"
+    )
+    p.add_argument(
+        "--catalog",
+        type=path_text,
+        help="catalog YAML: its horizons.conversion_days (default: packaged)",
+    )
+    p.add_argument(
+        "--mapping", type=path_text, help="vocabulary mapping YAML for logs in another vocabulary"
+    )
     p.add_argument("--strict", action="store_true", help="fail on any bad event row")
-    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument("--out", required=True, type=path_text, help="output Parquet file")
     p.set_defaults(handler=cmd_decisions)
 
     p = sub.add_parser("report", help="the experiment report of a training run, as one HTML page")
     _add_input_args(p, catalog=False)
     p.add_argument("--run", required=True, help="MLflow run id of a `touchpoint train` run")
-    p.add_argument("--out", required=True, help="output HTML file")
+    p.add_argument("--out", required=True, type=path_text, help="output HTML file")
     p.add_argument("--no-log", action="store_true", help="do not attach the page to the run")
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("evaluate", help="off-policy value of a trained model on a log")
     _add_input_args(p, catalog=False)
     _add_model_arg(p)
-    p.add_argument("--out", required=True, help="output CSV of policy values")
-    p.add_argument("--bootstrap", type=count, default=500, help="bootstrap samples (default 500)")
-    p.add_argument("--seed", type=count, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, type=path_text, help="output CSV of policy values")
+    p.add_argument(
+        "--bootstrap", type=bootstraps, default=500, help="bootstrap samples (default 500)"
+    )
+    p.add_argument("--seed", type=non_negative, default=0, help="random seed (default 0)")
     _add_ground_truth_arg(p)
     p.set_defaults(handler=cmd_evaluate)
 
@@ -729,27 +1011,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data",
+        type=path_text,
         default="../shared/data/hillstrom.csv",
         help="path to hillstrom.csv (default ../shared/data/hillstrom.csv)",
     )
-    p.add_argument("--seed", type=count, default=42, help="split seed (default 42)")
-    p.add_argument("--bootstrap", type=count, default=1000, help="bootstrap samples (default 1000)")
+    p.add_argument("--seed", type=non_negative, default=42, help="split seed (default 42)")
+    p.add_argument(
+        "--bootstrap", type=bootstraps, default=1000, help="bootstrap samples (default 1000)"
+    )
     p.set_defaults(handler=cmd_hillstrom)
 
     p = sub.add_parser(
         "demo", help="simulate, validate, featurize, train and recommend, end to end"
     )
     p.add_argument(
-        "--workdir", default="out/demo", help="where data and outputs go (default out/demo)"
+        "--workdir",
+        type=path_text,
+        default="out/demo",
+        help="where data and outputs go (default out/demo)",
     )
     p.add_argument(
-        "--customers", type=count, default=10_000, help="simulated customers (default 10000)"
+        "--customers", type=positive, default=10_000, help="simulated customers (default 10000)"
     )
-    p.add_argument("--days", type=count, default=300, help="simulated days (default 300)")
-    p.add_argument("--seed", type=count, default=0, help="random seed (default 0)")
+    p.add_argument("--days", type=positive, default=300, help="simulated days (default 300)")
+    p.add_argument("--seed", type=non_negative, default=0, help="random seed (default 0)")
     p.add_argument("--start", default="2026-01-01", help=argparse.SUPPRESS)
     p.add_argument("--experiment", default="touchpoint-demo", help="MLflow experiment")
-    p.add_argument("--port", type=count, default=8000, help="service port (default 8000)")
+    p.add_argument("--port", type=port, default=8000, help="service port (default 8000)")
     p.add_argument("--no-serve", action="store_true", help="stop after the batch recommendations")
     p.set_defaults(handler=cmd_demo)
 
