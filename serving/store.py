@@ -88,12 +88,12 @@ class EventColumns:
         ]
         if not new:
             return self
-        time = np.concatenate([self.time, opt_outs.time[new]])
-        order = np.argsort(time, kind="stable")
+        times = np.concatenate([self.time, opt_outs.time[new]])
+        order = np.argsort(times, kind="stable")
         channel = [*self.channel, *(opt_outs.channel[i] for i in new)]
         event_type = [*self.event_type, *(opt_outs.event_type[i] for i in new)]
         return EventColumns(
-            time=time[order],
+            time=times[order],
             channel=[channel[i] for i in order.tolist()],
             event_type=[event_type[i] for i in order.tolist()],
             value=np.concatenate([self.value, opt_outs.value[new]])[order],
