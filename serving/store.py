@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features.counters import to_ns
 from features.schema import EVENT_COLUMNS
@@ -194,6 +196,10 @@ _SELECT_UNSUBSCRIBES = (
     "SELECT ts, channel, event_type, value FROM events "
     "WHERE customer_id = ? AND event_type = 'unsubscribe' AND ts < ? ORDER BY ts, seq"
 )
+_SELECT_ALL = (
+    "SELECT customer_id, ts, channel, event_type, action, value, propensity, event_id, "
+    "decision_id FROM events ORDER BY seq"
+)
 _SELECT = (
     "SELECT customer_id, ts, channel, event_type, action, value, propensity, event_id, "
     "decision_id FROM events WHERE customer_id = ? AND ts < ? AND ts >= ? ORDER BY ts, seq"
@@ -323,6 +329,16 @@ class SQLiteHistoryStore:
         frame["event"] = [json.loads(e) for e in frame["event"]]
         return frame
 
+    def iter_events(self, chunk_rows: int = 4 * CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+        """Every stored event, in the order stored, as canonical tables of up to
+        ``chunk_rows`` rows (one read transaction: a consistent snapshot)."""
+        cursor = self._db.connection().execute(_SELECT_ALL)
+        try:
+            while rows := cursor.fetchmany(chunk_rows):
+                yield events_frame(rows)
+        finally:
+            cursor.close()
+
     def count(self) -> int:
         """Number of stored events."""
         return int(self._db.connection().execute("SELECT COUNT(*) FROM events").fetchone()[0])
@@ -395,6 +411,57 @@ def _ns(t: pd.Timestamp) -> int:
     t = pd.Timestamp(t)
     t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
     return int(t.as_unit("ns").value)
+
+
+#: The canonical event columns as Parquet types: fixed, so that a chunk whose column is
+#: all missing (no ``decision_id`` yet) writes the same schema as the others.
+EVENTS_SCHEMA = pa.schema(
+    [
+        ("customer_id", pa.string()),
+        ("timestamp", pa.timestamp("ns", tz="UTC")),
+        ("channel", pa.string()),
+        ("event_type", pa.string()),
+        ("action", pa.string()),
+        ("value", pa.float64()),
+        ("propensity", pa.float64()),
+        ("event_id", pa.string()),
+        ("decision_id", pa.string()),
+    ]
+)
+
+
+def write_events_parquet(
+    chunks: Iterable[pd.DataFrame], out: Path, *, progress: Callable[[int], None] | None = None
+) -> int:
+    """Write canonical event tables to one Parquet file, chunk by chunk; return the rows.
+
+    Written to a temporary file next to ``out`` and renamed at the end, so an interrupted
+    export never leaves a partial file under the final name.
+    """
+    tmp = out.with_name(f".{out.name}.partial")
+    written = 0
+    try:
+        with pq.ParquetWriter(tmp, EVENTS_SCHEMA) as writer:
+            for frame in chunks:
+                writer.write_table(_arrow_table(frame))
+                written += len(frame)
+                if progress is not None:
+                    progress(written)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return written
+
+
+def _arrow_table(frame: pd.DataFrame) -> pa.Table:
+    """A canonical event table as :data:`EVENTS_SCHEMA`, column by column (pyarrow's
+    ``from_pandas`` reads tz-aware columns through an API pandas 3 deprecates)."""
+    columns = []
+    for field in EVENTS_SCHEMA:
+        col = frame[field.name]
+        values = col.dt.tz_convert(None).to_numpy() if field.name == "timestamp" else col.to_numpy()
+        columns.append(pa.array(values, type=field.type, from_pandas=True))  # NaN, None -> null
+    return pa.Table.from_arrays(columns, schema=EVENTS_SCHEMA)
 
 
 def events_frame(rows: Sequence[tuple[Any, ...]]) -> pd.DataFrame:

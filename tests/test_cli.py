@@ -220,3 +220,67 @@ def test_train_offset_features_reach_the_config() -> None:
     assert train_config(args).offset_features == "all"
     default = build_parser().parse_args(["train", "--events", "e.csv"])
     assert train_config(default).offset_features == "effects"
+
+
+def test_export_events_round_trips_what_the_store_accepted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Events posted to the service live only in its store; export-events writes them as an
+    events file that the other commands read back unchanged."""
+    from features.ingest import read_events
+    from serving.store import SQLiteHistoryStore
+    from tests.conftest import make_events
+
+    events = make_events(
+        [
+            ("c1", "2024-03-01 10:00", "email", "sent", "email_promo"),
+            ("c1", "2024-03-02 11:30", "web", "purchase", None, 42.5),
+            ("c2", "2024-03-01 09:00", "sms", "unsubscribe"),
+        ]
+    )
+    events["event_id"] = ["e1", None, "e3"]
+    events["decision_id"] = ["d1", "d1", None]
+    events.loc[0, "propensity"] = 0.25
+    store = SQLiteHistoryStore(tmp_path / "store.db")
+    store.add(events)
+    # Chunks smaller than the store (and a first chunk without any decision_id): one schema.
+    chunks = list(store.iter_events(chunk_rows=2))
+    store.close()
+    assert [len(c) for c in chunks] == [2, 1]
+
+    out = tmp_path / "export" / "events.parquet"
+    assert main(["export-events", "--store", str(tmp_path / "store.db"), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    back = read_events(out)
+    assert back.n_quarantined == 0
+    key = ["customer_id", "timestamp"]
+    got = back.events.sort_values(key).reset_index(drop=True)
+    want = read_events_frame(events).sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False, check_categorical=False)
+    assert not list(out.parent.glob(".*partial"))  # the temporary file is gone
+
+
+def read_events_frame(events: pd.DataFrame) -> pd.DataFrame:
+    """``events`` through the same validation a file gets (the canonical table)."""
+    from features.ingest import normalize_events
+
+    return normalize_events(events).events
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not a database", "decisions"])
+def test_export_events_refuses_what_is_not_a_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | str | None
+) -> None:
+    path = tmp_path / "store.db"
+    if content == "decisions":  # an SQLite file, but the decision log
+        from serving.decision_log import DecisionLog
+
+        DecisionLog(path).close()
+    elif content is not None:
+        path.write_bytes(content)  # type: ignore[arg-type]
+    before = path.read_bytes() if path.exists() else None
+    assert main(["export-events", "--store", str(path), "--out", str(tmp_path / "o.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("touchpoint export-events: error: --store ") and "history store" in err
+    assert (path.read_bytes() if path.exists() else None) == before  # left as it was
+    assert not (tmp_path / "o.parquet").exists()

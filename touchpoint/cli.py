@@ -491,9 +491,7 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     from serving.decision_log import DecisionLog
 
     path = Path(args.log)
-    if not path.is_file():  # DecisionLog would create an empty log: say so instead
-        raise BadInput(f"--log {args.log}: no such decision log")
-    _require_decision_log(path, args.log)
+    _require_sqlite_table(path, "--log", args.log, "decisions", "decision log")
     _output_file("--out", args.out)
     catalog = load_catalog(args.catalog)
     events = None
@@ -511,28 +509,55 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_decision_log(path: Path, given: str) -> None:
-    """``path`` is an SQLite file with a ``decisions`` table, checked read-only: opening any
-    other file as a :class:`serving.decision_log.DecisionLog` would add its tables to it
-    (an empty file becomes a database) or fail with a traceback."""
+def _require_sqlite_table(path: Path, flag: str, given: str, table: str, what: str) -> None:
+    """``path`` is an SQLite file with ``table``, checked read-only: opening any other file
+    as our store or log would add its tables to it (an empty file becomes a database) or
+    fail with a traceback.  ``what`` names the file in the errors (``decision log``)."""
     import sqlite3
 
+    if not path.is_file():  # opening it would create an empty one: say so instead
+        raise BadInput(f"{flag} {given}: no such {what}")
     with path.open("rb") as handle:
         header = handle.read(16)
     if header != b"SQLite format 3\x00":
-        raise BadInput(f"--log {given}: not a decision log (not an SQLite file)")
+        raise BadInput(f"{flag} {given}: not a {what} (not an SQLite file)")
     try:
         connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
             found = connection.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'decisions'"
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
             ).fetchone()
         finally:
             connection.close()
     except sqlite3.Error as exc:
-        raise BadInput(f"--log {given}: unreadable SQLite file ({exc})") from None
+        raise BadInput(f"{flag} {given}: unreadable SQLite file ({exc})") from None
     if found is None:
-        raise BadInput(f"--log {given}: not a decision log (no decisions table)")
+        raise BadInput(f"{flag} {given}: not a {what} (no {table} table)")
+
+
+def cmd_export_events(args: argparse.Namespace) -> int:
+    """The history store's events as a canonical events file: what ``POST /v1/events``
+    accepted reaches ``train``, ``evaluate`` and ``decisions`` this way."""
+    from serving.store import SQLiteHistoryStore, write_events_parquet
+
+    store_path = Path(args.store)
+    _require_sqlite_table(store_path, "--store", args.store, "events", "history store")
+    out = _output_file("--out", args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = SQLiteHistoryStore(store_path)
+    try:
+        total = store.count()
+        log(f"{total:,} events in {store_path}")
+        written = write_events_parquet(
+            store.iter_events(),
+            out,
+            progress=lambda n: log(f"  {n:,} / {total:,}"),
+        )
+    finally:
+        store.close()
+    log(f"{written:,} events written")
+    print(out)
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -987,6 +1012,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail on any bad event row")
     p.add_argument("--out", required=True, type=path_text, help="output Parquet file")
     p.set_defaults(handler=cmd_decisions)
+
+    p = sub.add_parser(
+        "export-events",
+        help="the service's history store as an events file (for train, evaluate, decisions)",
+    )
+    p.add_argument(
+        "--store",
+        type=path_text,
+        default="touchpoint-store.db",
+        help="history store (the service's SQLite file; default touchpoint-store.db)",
+    )
+    p.add_argument("--out", required=True, type=path_text, help="output Parquet file")
+    p.set_defaults(handler=cmd_export_events)
 
     p = sub.add_parser("report", help="the experiment report of a training run, as one HTML page")
     _add_input_args(p, catalog=False)
