@@ -73,6 +73,12 @@ RECOMMEND_PATH = "/v1/recommendations"
 INVOCATIONS_PATH = "/invocations"
 
 
+#: What each worker of ``touchpoint serve`` logs once its model is loaded and it takes
+#: connections (serving/connection_handoff.py).  /readyz answers as soon as the first one
+#: is: a load phase started then would hand every connection to it, and measure one worker.
+WORKER_READY = "Taking connections from the parent process"
+
+
 def progress(msg: str) -> None:
     print(f"[bench_serving {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -128,6 +134,17 @@ class Server:
                 pass
             time.sleep(0.25)
         raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def wait_for_log(self, line: str, count: int, timeout: float, what: str) -> float:
+        """Wait until ``line`` is in the log ``count`` times; return the seconds it took."""
+        start = time.perf_counter()
+        while time.perf_counter() - start < timeout:
+            if self.log_path.read_text(errors="replace").count(line) >= count:
+                return time.perf_counter() - start
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited before {what}:\n" + self.log_tail())
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name}: not {count} {what} after {timeout:.0f} s")
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM to the whole process group, SIGKILL to what is left after ``timeout``."""
@@ -648,6 +665,10 @@ def main(argv: list[str] | None = None) -> int:
         ours = Server("touchpoint", cmd, env, run_dir / "touchpoint-serve.log")
         servers.append(ours)
         took = ours.wait_ready(port, "/readyz", args.ready_timeout)
+        if args.workers and args.workers > 1:
+            took += ours.wait_for_log(
+                WORKER_READY, args.workers, args.ready_timeout - took, "workers ready"
+            )
         idle = tree_usage(ours.proc.pid)
         progress(
             f"touchpoint ready in {took:.1f} s, RSS {idle['rss_mb']:.0f} MB idle, "

@@ -268,6 +268,25 @@ class Service:
         self, requests: Sequence[RecommendationRequest], model: LoadedModel, batch: bool
     ) -> list[dict[str, Any]]:
         """Response bodies, in order; every decision is logged before any is returned."""
+        out, records = self._decide_all(requests, model, batch)
+        # Log before answering: a decision the caller may act on is never missing from the log.
+        self.decision_log.append(records)
+        self._observe(out)
+        return out
+
+    async def recommend_on_loop(
+        self, requests: Sequence[RecommendationRequest], model: LoadedModel, batch: bool
+    ) -> list[dict[str, Any]]:
+        """:meth:`recommend` for the event loop: the decisions are logged in one commit
+        with those of the other requests decided in the same turn of the loop."""
+        out, records = self._decide_all(requests, model, batch)
+        await self.decision_log.append_grouped(records)
+        self._observe(out)
+        return out
+
+    def _decide_all(
+        self, requests: Sequence[RecommendationRequest], model: LoadedModel, batch: bool
+    ) -> tuple[list[dict[str, Any]], list[DecisionRecord]]:
         out: list[dict[str, Any]] = []
         records: list[DecisionRecord] = []
         for i, req in enumerate(requests):
@@ -275,13 +294,13 @@ class Service:
             response, record = self.decide(req, model, loc)
             out.append(response)
             records.append(record)
-        # Log before answering: a decision the caller may act on is never missing from the log.
-        self.decision_log.append(records)
+        return out, records
+
+    def _observe(self, out: list[dict[str, Any]]) -> None:
         for r in out:
             self.metrics.observe_decision(
                 r["chosen"], r["explored"], [s["rule"] for s in r["suppressed"]]
             )
-        return out
 
     # ------------------------------------------------------------------ events
     def ingest(self, events: list[EventIn]) -> EventsResponse:
@@ -528,7 +547,7 @@ def create_app(
         """Ranked actions for one customer; the first one is the policy's pick."""
         # async on purpose: about a millisecond of CPU, cheaper run on the event loop than
         # handed to a worker thread (with the GIL, a thread would not run it any sooner).
-        return _json(service.recommend([body], model, batch=False)[0])
+        return _json((await service.recommend_on_loop([body], model, batch=False))[0])
 
     @app.post(
         "/v1/recommendations:batch",

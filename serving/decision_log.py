@@ -6,10 +6,17 @@ under the serving policy, and every candidate with its scores and suppression.  
 reward is joined later from the events that carry the ``decision_id`` (CONTRACT §1).
 
 Rows are only ever inserted; nothing updates or deletes them.
+
+A decision is in the log before its answer leaves the service.  On the event loop the
+appends of the requests decided in one turn of the loop share one transaction
+(:meth:`DecisionLog.append_grouped`, a group commit): a commit costs ~45 µs of fixed work
+whatever it holds, and each row ~15 µs more (ad-hoc, batches of 1/4/8 decisions: 71, 32
+and 22 µs per decision).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -96,6 +103,26 @@ def _ns(t: pd.Timestamp | int) -> int:
     return int(t.as_unit("ns").value)
 
 
+def _rows(records: Sequence[DecisionRecord]) -> list[tuple[Any, ...]]:
+    """The table rows of ``records``, logged now."""
+    now = time.time_ns()
+    return [
+        (
+            r.decision_id,
+            _ns(r.decision_time),
+            now,
+            r.customer_id,
+            r.model_version,
+            r.action,
+            float(r.propensity),
+            _dumps(list(r.candidates)),
+            _dumps(list(r.suppressed)),
+            _dumps(dict(r.context)),
+        )
+        for r in records
+    ]
+
+
 def _dumps(value: Any) -> str:
     """Compact JSON (orjson: a tenth of the stdlib's time); anything JSON has no type for
     (a date in a request context) as text, non-finite numbers as null."""
@@ -108,25 +135,53 @@ class DecisionLog:
     def __init__(self, path: str | Path) -> None:
         self._db = SQLiteConnections(path, _SCHEMA, checkpoint_seconds=CHECKPOINT_SECONDS)
         self.path = self._db.path
+        # append_grouped's calls waiting for the next commit, with their rows; only ever
+        # touched on the event loop's thread.
+        self._pending: list[tuple[list[tuple[Any, ...]], asyncio.Future[None]]] = []
 
     def append(self, records: Sequence[DecisionRecord]) -> None:
         """Insert decisions in one transaction (a batch request logs all or none)."""
-        now = time.time_ns()
-        rows = [
-            (
-                r.decision_id,
-                _ns(r.decision_time),
-                now,
-                r.customer_id,
-                r.model_version,
-                r.action,
-                float(r.propensity),
-                _dumps(list(r.candidates)),
-                _dumps(list(r.suppressed)),
-                _dumps(dict(r.context)),
-            )
-            for r in records
-        ]
+        self._insert(_rows(records))
+
+    async def append_grouped(self, records: Sequence[DecisionRecord]) -> None:
+        """:meth:`append`, in one transaction with the other calls made in this turn of the
+        running event loop; returns once they are committed, raises if this call's rows
+        could not be.
+
+        The commit runs as a callback queued behind the loop's ready tasks: the requests
+        that arrived together have all been decided by then, and none waits for a timer.
+        Each call still logs all or none: if the shared transaction fails, every call's
+        rows are retried in a transaction of their own, and only the failing calls raise.
+        """
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._pending.append((_rows(records), done))
+        if len(self._pending) == 1:
+            loop.call_soon(self._commit_pending)
+        await done
+
+    def _commit_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            self._insert([row for rows, _ in pending for row in rows])
+            failures: list[BaseException | None] = [None] * len(pending)
+        except Exception:
+            failures = []
+            for rows, _ in pending:
+                try:
+                    self._insert(rows)
+                    failures.append(None)
+                except Exception as exc:
+                    failures.append(exc)
+        for (_, done), exc in zip(pending, failures, strict=True):
+            if done.done() or done.get_loop().is_closed():  # cancelled, or the loop is gone
+                continue
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
         with self._db.writing() as conn:
             conn.executemany("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
@@ -169,4 +224,6 @@ class DecisionLog:
         return path
 
     def close(self) -> None:
+        if self._pending:  # the loop stopped before their commit ran
+            self._commit_pending()
         self._db.close()

@@ -9,7 +9,7 @@ middlewares run: under load, the six ASGI layers between uvicorn and the shortcu
 shortcut therefore times and counts its own answers (``metrics``).  This middleware
 answers a well-formed recommendation request directly: it reads the body, parses it
 with orjson, validates it with the same pydantic model FastAPI uses (python mode, as
-FastAPI does after ``json.loads``), calls the same :meth:`serving.app.Service.recommend`
+FastAPI does after ``json.loads``), calls the same :meth:`serving.app.Service.recommend_on_loop`
 and writes the same JSON.
 
 Anything it is not sure about goes to FastAPI unchanged, with the body replayed: another
@@ -74,7 +74,7 @@ class RecommendationFastPath:
             return
         try:
             request = RecommendationRequest.model_validate(orjson.loads(body))
-            response = service.recommend([request], model, batch=False)[0]
+            response = (await service.recommend_on_loop([request], model, batch=False))[0]
         except (orjson.JSONDecodeError, ValidationError, RequestError):
             await self.app(scope, replay, send)  # FastAPI writes the error answer
             return

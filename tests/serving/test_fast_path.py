@@ -20,7 +20,9 @@ class FakeService:
         self.calls: list[Any] = []
         self.fail = fail
 
-    def recommend(self, requests: list[Any], model: object, batch: bool) -> list[dict[str, Any]]:
+    async def recommend_on_loop(
+        self, requests: list[Any], model: object, batch: bool
+    ) -> list[dict[str, Any]]:
         self.calls.append(requests[0])
         if self.fail:
             raise RequestError(["body", "events"], "bad inline events")
@@ -112,7 +114,7 @@ def test_a_fault_is_counted_as_a_500_and_raised() -> None:
     of the metrics middleware, counts it, and never replays the request to FastAPI."""
 
     class Broken(FakeService):
-        def recommend(self, requests: list[Any], model: object, batch: bool) -> Any:
+        async def recommend_on_loop(self, requests: list[Any], model: object, batch: bool) -> Any:
             raise OSError("disk gone")
 
     metrics = Metrics()
