@@ -77,6 +77,26 @@ def test_validate_reports_bad_rows_and_writes_quarantine(
     assert main(["validate", "--events", str(path), "--strict"]) == 1
 
 
+def test_validate_with_a_catalog_counts_the_sends_it_does_not_know(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "customer_id,timestamp,channel,event_type,action,propensity\n"
+        "a,2026-01-01T10:00:00Z,email,sent,email_promo,0.5\n"
+        "a,2026-01-02T10:00:00Z,email,sent,email_winback,0.5\n"
+        "b,2026-01-02T10:00:00Z,email,sent,email_winback,0.5\n"
+        "b,2026-01-03T10:00:00Z,email,click,email_winback,\n"  # not a send: not counted
+    )
+    catalog = str(Path(__file__).resolve().parents[1] / "features" / "default_catalog.yaml")
+    assert main(["validate", "--events", str(path), "--catalog", catalog]) == 0
+    out = capsys.readouterr().out
+    assert "2 sent events name actions not in the catalog" in out
+    assert "email_winback: 2" in out and "email_promo" not in out.split("catalog (")[1]
+    assert main(["validate", "--events", str(path), "--catalog", catalog, "--strict"]) == 1
+    assert main(["validate", "--events", str(path), "--strict"]) == 0  # no catalog: no check
+
+
 def test_recommend_rejects_a_bad_as_of(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(
         [

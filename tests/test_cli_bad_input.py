@@ -187,6 +187,30 @@ def test_an_unknown_version_or_model_is_one_line(
         assert f"touchpoint recommend: error: --model {uri}: " in err and "not found" in err
 
 
+def test_a_runs_uri_goes_to_mlflow_and_a_failed_fetch_leaves_no_folder(
+    registry: str,
+    tmp_path: Path,
+    events: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``runs:/RUN_ID/PATH`` has one slash after the scheme: it is an MLflow URI, not a
+    folder; and the temporary folder a failed download was given is removed."""
+    import tempfile
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry)
+    monkeypatch.chdir(tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    uri = "runs:/0123456789abcdef0123456789abcdef/model"
+    assert main(_recommend(tmp_path, events, "--as-of", "2024-03-20", model=uri)) == 2
+    err = _error(capsys)
+    assert f"touchpoint recommend: error: --model {uri}: " in err
+    assert "no such bundle folder" not in err
+    assert list(scratch.iterdir()) == []
+
+
 def test_report_names_an_unknown_run(
     registry: str,
     tmp_path: Path,

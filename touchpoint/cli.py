@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from touchpoint import __version__
 
 if TYPE_CHECKING:  # imported lazily at run time: the CLI starts without loading training
+    from serving.bundle import Bundle
     from training.train import TrainConfig
 
 #: Exit status for bad input (argparse uses 2 for bad arguments too).
@@ -258,6 +261,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     result = read_events(args.events, mapping=mapping, strict=False)
     print(f"events {args.events}: {result.summary_text()}")
     problems += _print_quarantine(result.quarantine, args.max_rows)
+    if args.catalog:
+        problems += _print_unknown_sends(result.events, catalog, args.max_rows)
     if args.quarantine:
         written = write_quarantine(result.quarantine, Path(args.quarantine))
         if written is not None:
@@ -276,9 +281,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print("nothing valid remains", file=sys.stderr)
         return 1
     if args.strict and problems:
-        print(f"{problems} bad rows (--strict)", file=sys.stderr)
+        print(f"{problems} bad rows or unknown sends (--strict)", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_unknown_sends(events: Any, catalog: Any, max_rows: int) -> int:
+    """Print the actions of ``sent`` events that the catalog does not hold (``train`` drops
+    those decision points); return how many sends they are."""
+    from features.schema import NO_ACTION
+
+    sent = events.loc[events["event_type"] == "sent", "action"]
+    known = sent.isin([NO_ACTION, *catalog.action_ids])
+    unknown = sent[~known].fillna("(missing)").astype(str).value_counts()
+    if unknown.empty:
+        return 0
+    print(
+        f"  {int(unknown.sum()):,} sent events name actions not in the catalog "
+        "(train drops them as decision points):"
+    )
+    for action, n in unknown.head(max_rows).items():
+        print(f"    {action}: {n:,}")
+    if len(unknown) > max_rows:
+        print(f"    ... and {len(unknown) - max_rows} more actions")
+    return int(unknown.sum())
 
 
 def _print_quarantine(quarantine: Any, max_rows: int) -> int:
@@ -384,15 +410,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-
-    from serving.bundle import load_bundle
     from serving.engine import DecisionEngine
     from training.offline_eval import evaluate_bundle
     from training.run import policy_table_text
 
     out = _output_file("--out", args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    engine = DecisionEngine(load_bundle(resolve_model(args.model)))
+    engine = DecisionEngine(load_model_bundle(args.model))
     events, customers, _ = _read_inputs(args, quarantine_next_to=out)
     ground_truth = _ground_truth(args)
     table, metrics = evaluate_bundle(
@@ -629,16 +653,34 @@ def _sibling(path: str, name: str) -> Path | None:
     return candidate if candidate.exists() else None
 
 
-def resolve_model(model: str) -> Path:
-    """A bundle folder, or an MLflow model URI (``models:/touchpoint@champion``) fetched locally."""
-    if "://" in model or model.startswith("models:/"):
+#: An MLflow model URI: ``models:/NAME@ALIAS``, ``runs:/RUN_ID/PATH``, ``s3://...``.  A scheme
+#: of at least two letters, so that a Windows path (``C:/bundles/x``) stays a folder.
+_MODEL_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+
+
+def load_model_bundle(model: str) -> Bundle:
+    """The bundle behind ``--model``, read into memory.  A bundle fetched from MLflow for
+    this one command is deleted once read (a one-shot command that left a copy in the
+    temporary folder at every run would fill it)."""
+    from serving.bundle import load_bundle
+
+    if not _MODEL_URI.match(model):
+        return load_bundle(resolve_model(model))
+    with tempfile.TemporaryDirectory(prefix="touchpoint-bundle-") as folder:
+        return load_bundle(resolve_model(model, Path(folder)))
+
+
+def resolve_model(model: str, dst: Path | None = None) -> Path:
+    """A bundle folder, or an MLflow model URI (``models:/touchpoint@champion``) fetched
+    locally (into ``dst``, else a new temporary folder)."""
+    if _MODEL_URI.match(model):
         from mlflow.exceptions import MlflowException
 
         from training.tracking import download_bundle
 
         log(f"fetching {model} from MLflow")
         try:
-            return download_bundle(model)
+            return download_bundle(model, dst)
         except MlflowException as exc:
             if exc.error_code not in _MLFLOW_NOT_FOUND:
                 raise  # the registry is down or failing: not a problem of the argument
@@ -657,7 +699,6 @@ _MLFLOW_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 def _registry_hint(model: str) -> str:
     """``"; aliases of touchpoint: champion -> 3"`` for a ``models:/`` URI (what does
     exist), or "" when the registry has nothing to offer; never raises."""
-    import re
 
     match = re.match(r"^models:/([^/@]+)", model)
     if match is None:
@@ -678,7 +719,6 @@ def _registry_hint(model: str) -> str:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from serving.batch import read_ids, recommend_batch
-    from serving.bundle import load_bundle
     from serving.engine import DecisionEngine
 
     as_of = timestamp("--as-of", args.as_of)
@@ -691,7 +731,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             raise BadInput(f"--ids {exc}") from exc
     out = _output_file("--out", args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    engine = DecisionEngine(load_bundle(resolve_model(args.model)))
+    engine = DecisionEngine(load_model_bundle(args.model))
     log(f"model version {engine.bundle.model_version}")
     events, customers, _ = _read_inputs(args, quarantine_next_to=out)
     started = time.perf_counter()

@@ -9,6 +9,7 @@ propensities and rewards.  The decision and its figures are logged on the run.
 from __future__ import annotations
 
 import io
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -224,9 +225,12 @@ def _maybe_promote(
     if champion_version is None:
         promote, reason = True, "no champion yet"
     else:
-        champion = DecisionEngine(
-            load_bundle(tracking.download_bundle(f"models:/{tracking.MODEL_NAME}@champion"))
-        )
+        with tempfile.TemporaryDirectory(prefix="touchpoint-bundle-") as folder:
+            champion = DecisionEngine(
+                load_bundle(
+                    tracking.download_bundle(f"models:/{tracking.MODEL_NAME}@champion", folder)
+                )
+            )  # read into memory: the download is not needed once loaded
         champion_value = _champion_value(champion, result, events, customers)
         # NaN (different action sets) cannot be compared: the newer catalog wins.
         promote = not np.isfinite(champion_value) or challenger_value > champion_value

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -138,11 +139,18 @@ def download_bundle(model_uri: str, dst: str | Path | None = None) -> Path:
     """Fetch the bundle behind ``models:/touchpoint@champion`` (or any model URI)."""
     configure_uri_only()
     target = Path(dst or tempfile.mkdtemp(prefix="touchpoint-bundle-"))
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(target)))
-    # The pyfunc model keeps the bundle folder under artifacts/<bundle folder name>/.
-    manifests = sorted(local.rglob("bundle.json"))
-    if not manifests:
-        raise FileNotFoundError(f"{model_uri} holds no touchpoint bundle (no bundle.json)")
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(target))
+        )
+        # The pyfunc model keeps the bundle folder under artifacts/<bundle folder name>/.
+        manifests = sorted(local.rglob("bundle.json"))
+        if not manifests:
+            raise FileNotFoundError(f"{model_uri} holds no touchpoint bundle (no bundle.json)")
+    except BaseException:
+        if dst is None:  # the temporary folder is ours: leave nothing behind
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     return manifests[0].parent
 
 

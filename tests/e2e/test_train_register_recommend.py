@@ -5,6 +5,7 @@ The figures are checked against the simulator's ground truth, not against themse
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -103,7 +104,21 @@ def test_policy_beats_no_action_in_truth_and_never_breaks_consent(trained: dict)
     assert metrics["truth.oracle_fraction.model"] > 0.0
 
 
-def test_recommend_from_registry_uses_only_the_past(trained: dict, workdir: Path) -> None:
+def _no_bundle_left(scratch: Path) -> None:
+    """A bundle fetched from the registry for one command is gone when it returns."""
+    assert sorted(p.name for p in scratch.glob("touchpoint-bundle-*")) == []
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temporary folder of everything the test runs (``tempfile.gettempdir()``)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def test_recommend_from_registry_uses_only_the_past(
+    trained: dict, workdir: Path, scratch: Path
+) -> None:
     data, common = trained["data"], trained["common"]
     ids = workdir / "ids.txt"
     truth = pd.read_parquet(data / "ground_truth.parquet")
@@ -126,6 +141,7 @@ def test_recommend_from_registry_uses_only_the_past(trained: dict, workdir: Path
         str(out),
     ]
     assert main(args) == 0
+    _no_bundle_left(scratch)
     recs = pd.read_csv(out)
     assert {"customer_id", "rank", "action", "score", "p_conversion", "p_churn"} <= set(recs)
     assert set(recs["customer_id"].astype(str)) == set(chosen)
@@ -159,7 +175,9 @@ def test_recommend_from_registry_uses_only_the_past(trained: dict, workdir: Path
     pd.testing.assert_frame_equal(recs, pd.read_csv(out2))
 
 
-def test_evaluate_command_reports_every_policy_and_estimator(trained: dict, workdir: Path) -> None:
+def test_evaluate_command_reports_every_policy_and_estimator(
+    trained: dict, workdir: Path, scratch: Path
+) -> None:
     out = workdir / "evaluation.csv"
     args = [
         "evaluate",
@@ -172,6 +190,7 @@ def test_evaluate_command_reports_every_policy_and_estimator(trained: dict, work
         str(out),
     ]
     assert main(args) == 0
+    _no_bundle_left(scratch)
     table = pd.read_csv(out)
     assert set(table["estimator"]) == {"ips", "snips", "dr"}
     policies = {p.split(" ")[0] for p in table["policy"]}
@@ -179,11 +198,12 @@ def test_evaluate_command_reports_every_policy_and_estimator(trained: dict, work
     assert (table["ci_low"] <= table["value"]).all() and (table["value"] <= table["ci_high"]).all()
 
 
-def test_second_run_is_challenger_and_promoted_only_if_better(trained: dict) -> None:
+def test_second_run_is_challenger_and_promoted_only_if_better(trained: dict, scratch: Path) -> None:
     data, client = trained["data"], trained["client"]
     args = ["train", *trained["common"], "--catalog", str(data / "catalog.yaml"),
             "--experiment", "e2e", "--bootstrap", "50", "--seed", "1"]  # fmt: skip
     assert main(args) == 0
+    _no_bundle_left(scratch)  # the champion, fetched to compare with
     experiment = client.get_experiment_by_name("e2e").experiment_id
     runs = client.search_runs([experiment], order_by=["attributes.start_time DESC"])
     second = runs[0]
