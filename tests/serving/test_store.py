@@ -89,6 +89,59 @@ def test_history_is_strictly_before_and_canonical(store: SQLiteHistoryStore) -> 
     assert len(empty) == 0 and list(empty.columns) == list(EVENT_COLUMNS)
 
 
+def test_history_reads_only_the_covering_index(store: SQLiteHistoryStore) -> None:
+    """The request path's query is answered from one index, in its order: no table
+    lookups (one page per row when events arrive in time order) and no sort."""
+    import sqlite3
+
+    from serving.store import _SELECT_RECENT
+
+    conn = sqlite3.connect(store.path)
+    try:
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + _SELECT_RECENT, ("c", 1, 0))]
+    finally:
+        conn.close()
+    assert len(plan) == 1 and "USING COVERING INDEX events_customer_history" in plan[0], plan
+
+
+def test_a_store_of_the_earlier_schema_is_indexed_on_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    from serving.store import _SCHEMA
+
+    path = tmp_path / "old.db"
+    old = SQLiteHistoryStore(path)
+    old.add(_events())
+    before = old.recent_events("c1", T0.value + 10 * 86400 * 10**9, None)
+    old.close()
+    conn = sqlite3.connect(path)  # back to the earlier schema's one index
+    conn.executescript(
+        "DROP INDEX events_customer_history;"
+        "CREATE INDEX events_customer_time ON events (customer_id, ts);"
+    )
+    conn.close()
+    assert "events_customer_time" in _SCHEMA  # the schema still drops it by name
+    with caplog.at_level("INFO", logger="serving.store"):
+        store = SQLiteHistoryStore(path)
+    try:
+        assert "indexing the stored events" in caplog.text
+        conn = sqlite3.connect(path)
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        conn.close()
+        assert "events_customer_history" in names and "events_customer_time" not in names
+        after = store.recent_events("c1", T0.value + 10 * 86400 * 10**9, None)
+        assert after.time.tolist() == before.time.tolist() and len(after) == 3
+        assert list(after.event_type) == list(before.event_type)
+    finally:
+        store.close()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="serving.store"):
+        SQLiteHistoryStore(path).close()
+    assert "indexing" not in caplog.text  # once
+
+
 def test_opt_outs_of_any_age_and_merged_once(store: SQLiteHistoryStore) -> None:
     store.add(
         make_events(
