@@ -173,13 +173,13 @@ class DecisionLog:
                     failures.append(None)
                 except Exception as exc:
                     failures.append(exc)
-        for (_, done), exc in zip(pending, failures, strict=True):
+        for (_, done), failure in zip(pending, failures, strict=True):
             if done.done() or done.get_loop().is_closed():  # cancelled, or the loop is gone
                 continue
-            if exc is None:
+            if failure is None:
                 done.set_result(None)
             else:
-                done.set_exception(exc)
+                done.set_exception(failure)
 
     def _insert(self, rows: list[tuple[Any, ...]]) -> None:
         with self._db.writing() as conn:

@@ -165,12 +165,25 @@ def _check_columns(df: pd.DataFrame) -> None:
         raise ValueError(
             f"column 'segment' must be one of {sorted(SEGMENT_TO_ACTION)}; found {unknown or 'NaN'}"
         )
-    for col in ("visit", "conversion"):
-        if not df[col].isin([0, 1]).all():
-            raise ValueError(f"column {col!r} must be 0/1")
-    spend = pd.to_numeric(df["spend"], errors="coerce")
-    if spend.isna().any() or (spend < 0).any():
-        raise ValueError("column 'spend' must be a number >= 0 on every row")
+    for col in ("visit", "conversion", "mens", "womens", "newbie"):
+        bad = ~pd.to_numeric(df[col], errors="coerce").isin([0, 1])
+        if bad.any():
+            raise ValueError(f"column {col!r} must be 0/1{_first_rows(bad)}")
+    # A stray text value would otherwise turn a numeric column into a categorical one,
+    # silently: the customers' attributes are typed from the data.
+    for col in ("spend", "recency", "history"):
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() | (values < 0)
+        if bad.any():
+            raise ValueError(f"column {col!r} must be a number >= 0 on every row{_first_rows(bad)}")
+
+
+def _first_rows(bad: pd.Series, n: int = 5) -> str:
+    """``"; bad at row 2, 7 (and 3 more)"``: the first bad rows, numbered as in the file
+    (its header is line 1)."""
+    rows = (np.flatnonzero(bad.to_numpy()) + 2).tolist()
+    shown = ", ".join(str(r) for r in rows[:n])
+    return f"; bad at row {shown}" + (f" (and {len(rows) - n} more)" if len(rows) > n else "")
 
 
 # ----------------------------------------------------------------------------- mapping

@@ -104,6 +104,53 @@ def test_missing_column_raises_value_error_naming_it(raw: pd.DataFrame, tmp_path
         run_hillstrom(path)
 
 
+def _tiny_file() -> pd.DataFrame:
+    """Four valid rows in the MineThatData layout (no real data needed)."""
+    return pd.DataFrame(
+        {
+            "recency": [10, 6, 7, 9],
+            "history_segment": ["2) $100 - $200", "3) $200 - $350", "1) $0 - $100", "1) $0 - $100"],
+            "history": [142.44, 329.08, 50.0, 75.5],
+            "mens": [1, 1, 0, 1],
+            "womens": [0, 1, 1, 0],
+            "zip_code": ["Surburban", "Rural", "Urban", "Urban"],
+            "newbie": [0, 1, 1, 0],
+            "channel": ["Phone", "Web", "Web", "Multichannel"],
+            "segment": ["Womens E-Mail", "No E-Mail", "Mens E-Mail", "No E-Mail"],
+            "visit": [0, 0, 1, 0],
+            "conversion": [0, 0, 1, 0],
+            "spend": [0.0, 0.0, 29.99, 0.0],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("history", "abc", "'history' must be a number >= 0"),
+        ("recency", None, "'recency' must be a number >= 0"),
+        ("mens", "yes", "'mens' must be 0/1"),
+        ("newbie", 2, "'newbie' must be 0/1"),
+    ],
+)
+def test_a_bad_value_is_refused_with_its_column_and_row(
+    column: str, value: object, message: str, tmp_path: Path
+) -> None:
+    """A stray value must not turn a numeric attribute into a categorical one silently."""
+    frame = _tiny_file().astype({column: object})
+    frame.loc[2, column] = value
+    path = tmp_path / "hillstrom.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=f"{message}.*; bad at row 4$"):
+        load_hillstrom(path)
+    load_hillstrom(_write(_tiny_file(), tmp_path / "ok.csv"))  # the valid file passes
+
+
+def _write(frame: pd.DataFrame, path: Path) -> Path:
+    frame.to_csv(path, index=False)
+    return path
+
+
 @needs_data
 @pytest.mark.slow
 def test_full_run(result: HillstromResult) -> None:
