@@ -37,7 +37,7 @@ from features.counters import to_ns
 from features.schema import EVENT_COLUMNS
 from serving.sqlite_connections import SQLiteConnections
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("touchpoint.serving.store")
 
 __all__ = ["EventColumns", "HistoryStore", "SQLiteConnections", "SQLiteHistoryStore"]
 

@@ -699,7 +699,6 @@ _MLFLOW_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 def _registry_hint(model: str) -> str:
     """``"; aliases of touchpoint: champion -> 3"`` for a ``models:/`` URI (what does
     exist), or "" when the registry has nothing to offer; never raises."""
-
     match = re.match(r"^models:/([^/@]+)", model)
     if match is None:
         return ""

@@ -123,7 +123,7 @@ def test_a_store_of_the_earlier_schema_is_indexed_on_open(
     )
     conn.close()
     assert "events_customer_time" in _SCHEMA  # the schema still drops it by name
-    with caplog.at_level("INFO", logger="serving.store"):
+    with caplog.at_level("INFO", logger="touchpoint.serving.store"):
         store = SQLiteHistoryStore(path)
     try:
         assert "indexing the stored events" in caplog.text
@@ -137,7 +137,7 @@ def test_a_store_of_the_earlier_schema_is_indexed_on_open(
     finally:
         store.close()
     caplog.clear()
-    with caplog.at_level("INFO", logger="serving.store"):
+    with caplog.at_level("INFO", logger="touchpoint.serving.store"):
         SQLiteHistoryStore(path).close()
     assert "indexing" not in caplog.text  # once
 
