@@ -13,6 +13,7 @@ import argparse
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -438,12 +439,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    source, ident, model_path, scratch = _model_to_serve(args.model)
+    try:
+        _serve(args, source, ident, model_path)
+    finally:
+        if scratch is not None:  # a fixed version fetched for this run, unused once it stops
+            shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+def _serve(args: argparse.Namespace, source: Any, ident: str | None, model_path: Path) -> None:
     from pydantic import ValidationError
 
     from serving.server import serve
     from serving.settings import ServingSettings
 
-    source, ident, model_path = _model_to_serve(args.model)
     options: dict[str, Any] = {"model": model_path}
     for name, value in (
         ("events_path", args.events),
@@ -477,7 +487,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"{settings.workers} worker(s)"
     )
     serve(settings, model_source=source, model_ident=ident)
-    return 0
 
 
 def _require_bundle(folder: Path, given: str) -> None:
@@ -494,8 +503,13 @@ def _require_bundle(folder: Path, given: str) -> None:
         raise BundleError(f"--model {given}: {manifest} is not readable")
 
 
-def _model_to_serve(model: str) -> tuple[Any, str | None, Path]:
-    """The registry alias to follow (or None), the version served now, and its folder."""
+def _model_to_serve(model: str) -> tuple[Any, str | None, Path, Path | None]:
+    """The registry alias to follow (or None), the version served now, its folder, and the
+    temporary folder to delete when the service stops (None: nothing to delete).
+
+    A followed alias keeps its downloads itself (training.registry_source); a fixed
+    version (``models:/touchpoint/3``, ``runs:/...``) is fetched into a folder of this run.
+    The workers are forked and leave by ``os._exit``, so only the parent deletes it."""
     if model.startswith("models:/"):  # keeps the MLflow import off the plain-folder path
         from training.registry_source import RegistryAliasSource
 
@@ -506,8 +520,15 @@ def _model_to_serve(model: str) -> tuple[Any, str | None, Path]:
                 ident, path = source.resolve()
             except FileNotFoundError as exc:  # no such model or alias: say which exist
                 raise BadInput(f"--model {exc}{_registry_hint(model)}") from None
-            return source, ident, path
-    return None, None, resolve_model(model)
+            return source, ident, path, None
+    if not _MODEL_URI.match(model):
+        return None, None, resolve_model(model), None
+    scratch = Path(tempfile.mkdtemp(prefix="touchpoint-bundle-"))
+    try:
+        return None, None, resolve_model(model, scratch), scratch
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
 
 
 def cmd_decisions(args: argparse.Namespace) -> int:

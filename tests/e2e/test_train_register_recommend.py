@@ -175,6 +175,22 @@ def test_recommend_from_registry_uses_only_the_past(
     pd.testing.assert_frame_equal(recs, pd.read_csv(out2))
 
 
+def test_serve_of_a_fixed_version_deletes_its_download_when_it_stops(
+    trained: dict, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import serving.server
+
+    seen: list[bool] = []
+
+    def serve(settings: object, **_: object) -> None:  # the service ran, and stopped
+        seen.append((Path(settings.model) / "bundle.json").is_file())  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(serving.server, "serve", serve)
+    assert main(["serve", "--model", "models:/touchpoint/1"]) == 0
+    assert seen == [True]  # the bundle was there while it served
+    _no_bundle_left(scratch)
+
+
 def test_evaluate_command_reports_every_policy_and_estimator(
     trained: dict, workdir: Path, scratch: Path
 ) -> None:
