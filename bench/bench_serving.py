@@ -39,7 +39,9 @@ customer is checked equal to mlflow's for the same rows.  The two servers run on
 the other (never competing for the CPU), each bounded by its own ``--mlflow-*`` options
 (warm-up: at most 50 requests); the rps and p50 ratios are printed at the end.
 
-The history store (``--store``) is built once from ``--events``/``--customers`` and reused
+The history store (``--store``) is built once from ``--events``/``--customers`` (in the
+file's order, or in time order with ``--store-order time``: a store filled through
+``/v1/events`` holds each customer's events scattered among everyone's) and reused
 while it holds all the events, and then read once from end to end (``--no-prewarm`` not
 to), so that every phase meets the steady state of a busy service, the store in the page
 cache: this machine reclaims idle page cache (DAMON), and a phase that started on a cold
@@ -293,7 +295,9 @@ def resolve_model(
     return bundle, pyfunc, model
 
 
-def build_store(store_path: Path, events_path: Path, customers_path: Path | None) -> int:
+def build_store(
+    store_path: Path, events_path: Path, customers_path: Path | None, order: str = "file"
+) -> int:
     """Load the events and customers into the SQLite history store unless already there."""
     import pyarrow.parquet as pq
 
@@ -320,7 +324,12 @@ def build_store(store_path: Path, events_path: Path, customers_path: Path | None
         progress(f"reading {events_path}")
         eres = read_events(events_path)
         events = eres.events
-        progress(f"storing {len(events):,} events in {store_path} (once; reused next time)")
+        if order == "time":  # as a store fed by /v1/events over time holds them
+            events = events.sort_values("timestamp", kind="stable", ignore_index=True)
+        progress(
+            f"storing {len(events):,} events in {store_path} in {order} order "
+            "(once; reused next time)"
+        )
         # Slices of 1M rows bound the memory of the dedup keys (Python strings); the
         # simulated events carry event ids, so a slice boundary changes no key.
         step = 1_000_000
@@ -609,6 +618,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="TOUCHPOINT_WORKERS for the service")
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument(
+        "--store-order",
+        choices=("file", "time"),
+        default="file",
+        help="the order a new store receives the events in: the file's (the simulator "
+        "writes them customer by customer, as `serve --events` loads them) or time "
+        "order, as /v1/events fills a store; give each its own --store",
+    )
+    parser.add_argument(
         "--no-prewarm",
         dest="prewarm",
         action="store_false",
@@ -645,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--model {args.model} is a bare bundle: give --mlflow-model (an MLflow model of "
             "the same bundle) or --skip-mlflow"
         )
-    n_events = build_store(store_path, args.events, customers_path)
+    n_events = build_store(store_path, args.events, customers_path, args.store_order)
     if args.prewarm:
         prewarm(store_path)
     ids, last = sample_customers(args.events, args.sample, args.seed)
