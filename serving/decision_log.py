@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,20 +206,28 @@ class DecisionLog:
         return frame
 
     def export_parquet(
-        self, path: str | Path, events: pd.DataFrame | None = None, *, conversion_days: int = 14
+        self,
+        path: str | Path,
+        events: pd.DataFrame | None = None,
+        *,
+        conversion_days: int = 14,
+        then: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
     ) -> Path:
         """Write the OPE-ready table to Parquet; return the path.
 
         Columns: :data:`OPE_COLUMNS`, then, when ``events`` are given, the reward columns of
         :func:`serving.decision_rewards.join_rewards`.  ``action`` is the chosen action and
         ``propensity`` its exact probability under the serving policy (IPS weight
-        ``1 / propensity``).
+        ``1 / propensity``).  ``then`` transforms the table last, before it is written
+        (``touchpoint decisions`` adds training's churn label and business reward there).
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         table = self.frame()
         if events is not None:
             table = join_rewards(table, events, conversion_days=conversion_days)
+        if then is not None:
+            table = then(table)
         table.to_parquet(path, index=False)
         return path
 

@@ -195,6 +195,9 @@ def test_decisions_export_joins_rewards(tmp_path: Path, capsys: pytest.CaptureFi
     table = pd.read_parquet(out)
     assert table["converted"].tolist() == [True]
     assert table["conversion_value"].tolist() == [25.0]
+    # training's churn label and the catalog's reward (the log ends two days later)
+    assert {"churned", "censored", "action_cost", "reward"} <= set(table.columns)
+    assert table["censored"].tolist() == [True] and table["reward"].isna().all()
 
     code = main(["decisions", "--log", str(tmp_path / "missing.db"), "--out", str(out)])
     assert code == 2

@@ -542,11 +542,18 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     events = None
     if args.events:
         events, _, _ = _read_inputs(args, quarantine_next_to=None)
+    reward = None
+    if events is not None:
+        from training.decision_reward import with_business_reward
+
+        def reward(table: Any) -> Any:  # churn and the catalog's reward: training's labels
+            return with_business_reward(table, events, catalog)
+
     decisions = DecisionLog(path)
     try:
         log(f"{decisions.count():,} decisions in {path}")
         out = decisions.export_parquet(
-            args.out, events, conversion_days=catalog.horizons.conversion_days
+            args.out, events, conversion_days=catalog.horizons.conversion_days, then=reward
         )
     finally:
         decisions.close()
