@@ -10,6 +10,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import re
@@ -540,15 +541,12 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     _output_file("--out", args.out)
     catalog = load_catalog(args.catalog)
     events = None
+    reward = None  # churn and the catalog's reward: training's labels, added last
     if args.events:
-        events, _, _ = _read_inputs(args, quarantine_next_to=None)
-    reward = None
-    if events is not None:
         from training.decision_reward import with_business_reward
 
-        def reward(table: Any) -> Any:  # churn and the catalog's reward: training's labels
-            return with_business_reward(table, events, catalog)
-
+        events, _, _ = _read_inputs(args, quarantine_next_to=None)
+        reward = functools.partial(with_business_reward, events=events, catalog=catalog)
     decisions = DecisionLog(path)
     try:
         log(f"{decisions.count():,} decisions in {path}")
