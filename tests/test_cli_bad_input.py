@@ -331,7 +331,7 @@ def test_the_parser_rejects_counts_and_paths_out_of_range(
         ("", "--start '' is not an ISO-8601 time"),
         ("garbage", "--start 'garbage' is not an ISO-8601 time"),
         ("1500-01-01", "--start '1500-01-01' is out of range"),
-        ("2262-01-01", "--start '2262-01-01' plus --days 180 goes past 2262-04-11"),
+        ("2262-01-01", "--start '2262-01-01' plus --days 300 goes past 2262-04-11"),
     ],
 )
 def test_simulate_rejects_a_bad_start(
@@ -351,6 +351,18 @@ def test_simulate_rejects_an_output_that_is_a_file(
     assert main(["simulate", "--out", str(out), "--customers", "5", "--days", "5"]) == 2
     assert f"--out {out}: is a file, expected a folder" in _error(capsys)
     assert out.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(("days", "warned"), [(200, True), (201, False)])
+def test_simulate_warns_when_train_would_refuse_the_history(
+    days: int, warned: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sim"
+    assert main(["simulate", "--out", str(out), "--customers", "5", "--days", str(days)]) == 0
+    err = capsys.readouterr().err
+    message = f"warning: {days} days are too few for `touchpoint train`, which needs at least 201"
+    assert (message in err) is warned
+    assert (out / "events.parquet").exists()  # a warning, not a refusal
 
 
 def test_demo_rejects_a_bad_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

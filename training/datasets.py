@@ -9,6 +9,7 @@ test.  ``tests/training/test_datasets.py`` checks it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -46,6 +47,27 @@ class TimeSplit:
             key: (value.isoformat() if isinstance(value, pd.Timestamp) else value)
             for key, value in self.__dict__.items()
         }
+
+
+def labelled_days_needed(
+    gap_days: int,
+    *,
+    train_share: float = 0.6,
+    valid_share: float = 0.15,
+    min_part_days: float = 3.0,
+) -> float:
+    """Days of labelled decision times :func:`make_time_split` needs (same parameters):
+    two gaps, and enough left that the smallest part lasts ``min_part_days``."""
+    test_share = 1 - train_share - valid_share
+    return 2 * gap_days + min_part_days / min(train_share, valid_share, test_share)
+
+
+def history_days_needed(lookahead_days: int) -> int:
+    """Whole days of history ``touchpoint train`` needs with the default split: the
+    labelled days, the last ``lookahead_days`` (their decision points are censored), and
+    one more, because a day's decisions fall between its first and last hours (a 200-day
+    simulation labels only ~139.6 days of decision times with the default horizons)."""
+    return math.ceil(lookahead_days + labelled_days_needed(lookahead_days)) + 1
 
 
 def make_time_split(
@@ -88,11 +110,13 @@ def make_time_split(
     shortest = usable * min(train_share, valid_share, test_share)
     if shortest < pd.Timedelta(days=min_part_days):
         span_days = (end - start) / pd.Timedelta(days=1)
-        need = 2 * gap_days + min_part_days / min(train_share, valid_share, test_share)
+        need = labelled_days_needed(
+            gap_days, train_share=train_share, valid_share=valid_share, min_part_days=min_part_days
+        )
         raise SplitError(
-            f"the labelled history spans {span_days:.0f} days, too short for train, "
+            f"the labelled history spans {span_days:.1f} days, too short for train, "
             f"validation and test parts with two {gap_days}-day gaps; it needs at least "
-            f"{need:.0f} days (simulate more --days, or shorten the catalog's horizons)"
+            f"{need:g} days (simulate more --days, or shorten the catalog's horizons)"
         )
     train_end = start + usable * train_share
     valid_start = train_end + gap

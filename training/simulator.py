@@ -138,7 +138,7 @@ def _choose(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
 def simulate(
     *,
     n_customers: int = 10_000,
-    days: int = 180,
+    days: int = 300,
     seed: int = 0,
     start: str = "2026-01-01",
     holdout_share: float = 0.1,

@@ -6,7 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.datasets import SplitError, make_time_split
+from training.datasets import (
+    SplitError,
+    history_days_needed,
+    labelled_days_needed,
+    make_time_split,
+)
 
 
 def _times(days: int, n: int = 5000, seed: int = 0) -> pd.Series:
@@ -43,6 +48,22 @@ def test_customer_time_leakage_is_impossible_for_the_same_customer() -> None:
 def test_too_short_history_is_a_clear_error() -> None:
     with pytest.raises(SplitError, match="too short"):
         make_time_split(_times(100), gap_days=60)
+
+
+def test_days_needed_is_where_the_split_starts_to_work() -> None:
+    # Decision times spread evenly over the span, so the span is what the split sees.
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    needed = labelled_days_needed(60)
+    assert needed == 140  # two 60-day gaps and 3 days of validation (15% of 20 days)
+
+    def spread(days: float) -> pd.Series:
+        return pd.Series(start + pd.to_timedelta(np.linspace(0, days, 2000), unit="D"))
+
+    make_time_split(spread(needed + 0.1), gap_days=60)
+    with pytest.raises(SplitError, match="needs at least 140 days"):
+        make_time_split(spread(needed - 0.5), gap_days=60)
+    # The history also holds the censored last 60 days.
+    assert history_days_needed(60) == 201
 
 
 def test_bad_shares_rejected() -> None:
