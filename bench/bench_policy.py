@@ -53,7 +53,7 @@ from training.labels import (  # noqa: E402
     label_decisions,
 )
 from training.models import fit_outcome_model  # noqa: E402
-from training.refit import refit_shared_offset  # noqa: E402
+from training.refit import pre_test_rows, refit_shared_offset  # noqa: E402
 from training.simulator import (  # noqa: E402
     attribute_policy_choices,
     best_single_action_choices,
@@ -95,6 +95,14 @@ def main() -> None:
         help="what the shared offset booster may split on besides the action: "
         "training.effect_features (attributes, channel rates, fatigue, presence; the default, "
         "as in touchpoint train) or every feature",
+    )
+    parser.add_argument(
+        "--refit",
+        choices=("none", "all", "pre-test"),
+        default="none",
+        help="shared_offset: refit on every labelled row (all) or on the rows whose labels "
+        "end before the test period (pre-test), with the split's rounds x "
+        "training.refit.REFIT_ROUNDS_MULTIPLIER (training/refit.py)",
     )
     parser.add_argument(
         "--refit-all",
@@ -157,11 +165,19 @@ def main() -> None:
                 actions=actions, formulation=formulation,  # type: ignore[arg-type]
                 feature_names=names, seed=args.seed, offset_features=offset_features,
             )  # fmt: skip
-            if args.refit_all and formulation == "shared_offset":
-                scorer = refit_shared_offset(
-                    X, codes, y, report, actions=actions, seed=args.seed,
+            refit = "all" if args.refit_all else args.refit
+            if refit != "none" and formulation == "shared_offset":
+                rows_ = (
+                    slice(None) if refit == "all"
+                    else pre_test_rows(table["decision_time"], split)
+                )  # fmt: skip
+                refitted = refit_shared_offset(
+                    X[rows_], codes[rows_], y[rows_], report, actions=actions, seed=args.seed,
                     feature_names=names, offset_features=offset_features,
                 )  # fmt: skip
+                if refit == "pre-test":  # as touchpoint train --refit pre-test does
+                    refitted.calibration = scorer.calibration
+                scorer = refitted
             scorers.append(scorer)
         fit_s = time.perf_counter() - started
         engine = DecisionEngine(

@@ -390,6 +390,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         max_train_rows=args.max_train_rows,
         **({} if args.negative_keep is None else {"negative_keep": args.negative_keep}),
         offset_features=args.offset_features,
+        refit=args.refit,
     )
 
 
@@ -1033,6 +1034,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the shared_offset formulation's offset booster (the action effects) may "
         "split on: the customer attributes, channel open/click rates and fatigue features "
         "(default; training/effect_features.py; docs/TRAINING.md), or every feature",
+    )
+    p.add_argument(
+        "--refit",
+        choices=("none", "pre-test"),
+        default="none",
+        help="pre-test: once early stopping has chosen the rounds, refit the shared_offset "
+        "boosters on every decision point before the test period (about twice the training "
+        "rows; the test figures stay out of sample; training/refit.py, docs/TRAINING.md); "
+        "none (default): ship the split fit",
     )
     p.add_argument(
         "--models-dir",

@@ -1,17 +1,24 @@
-"""Refit the ``shared_offset`` boosters on every labelled decision point.
+"""Refit the ``shared_offset`` boosters on more labelled decision points.
 
 The time split trains on the first part of the labelled span only: the validation part,
 the test part and the two gaps as long as the label window take the rest (on the default
 simulation 243k of 718k labelled rows).  Once early stopping on validation has chosen
-each booster's number of rounds, the same boosters refit on all the rows with
-:data:`REFIT_ROUNDS_MULTIPLIER` times those rounds (more data supports more rounds)
-learn the action effects from three times the data.
+each booster's number of rounds, the same boosters refit on more rows with
+:data:`REFIT_ROUNDS_MULTIPLIER` times those rounds (more data supports more rounds) learn
+the action effects from more data.  Which rows:
 
-The cost: no rows are left out of a refit model.  Its figures on the test period are not
-out-of-sample any more, so evaluation (off-policy estimates, the champion comparison)
-must use the split-fitted models, and no calibration is fitted (there is no held-out part
-to fit it on).  ``touchpoint train`` therefore does not refit yet; ``bench/bench_policy.py
---refit-all`` measures what it would gain (docs/TRAINING.md, "What limits the policy").
+- **before the test period** (:func:`pre_test_rows`; ``touchpoint train --refit
+  pre-test``): the training part, the first gap and the validation part, about twice the
+  training part.  Their labels all end before the test period starts (the second gap is
+  the label window), so the test figures of the refit model (off-policy estimates, the
+  champion comparison) stay out of sample.  The validation rows are in the refit, so it
+  keeps the calibration chosen for the split fit, whose inputs were out of sample;
+- **every labelled row** (``bench/bench_policy.py --refit all`` only): three times the
+  training part, and the largest gain, but no rows are left out: its figures on the test
+  period would not be out of sample, and evaluation would have to use the split fit.
+  That is a planning decision, which is why ``touchpoint train`` does not offer it.
+
+Measured in docs/TRAINING.md ("What limits the policy").
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+import pandas as pd
 
 from serving.scoring import OutcomeScorer
+from training.datasets import TimeSplit
 from training.effect_features import offset_contributions
 from training.models import (
     NEGATIVE_KEEP,
@@ -34,10 +43,17 @@ from training.models import (
     negative_sample,
 )
 
-__all__ = ["REFIT_ROUNDS_MULTIPLIER", "refit_shared_offset"]
+__all__ = ["REFIT_ROUNDS_MULTIPLIER", "pre_test_rows", "refit_shared_offset"]
 
 #: Rounds of a refit booster, per round early stopping chose on the time split.
 REFIT_ROUNDS_MULTIPLIER = 1.2
+
+
+def pre_test_rows(decision_time: pd.Series, split: TimeSplit) -> np.ndarray:
+    """Positions of the rows decided before the validation part ends: the training part,
+    the first gap and validation.  The second gap is the label window, so none of their
+    labels sees the test period."""
+    return np.flatnonzero((decision_time < split.valid_end).to_numpy())
 
 
 def refit_shared_offset(

@@ -44,6 +44,7 @@ from training.models import (
     fit_outcome_models,
 )
 from training.propensity import PropensityModel
+from training.refit import REFIT_ROUNDS_MULTIPLIER, pre_test_rows, refit_shared_offset
 
 Progress = Callable[[str], None]
 FormulationChoice = Literal["single", "per_action", "offset", "shared_offset", "compare"]
@@ -64,6 +65,10 @@ class TrainConfig:
     #: (training.effect_features: attributes, channel rates, fatigue; the default, by
     #: measurement: docs/TRAINING.md) or ``all`` features.
     offset_features: Literal["all", "effects"] = "effects"
+    #: ``pre-test``: once early stopping has chosen the rounds, refit the shared_offset
+    #: boosters on every row decided before the test period (training/refit.py); the test
+    #: figures stay out of sample.  ``none``: ship the split fit.
+    refit: Literal["none", "pre-test"] = "none"
     none_per_send: float = 1.0
     train_share: float = 0.6
     valid_share: float = 0.15
@@ -255,6 +260,14 @@ def fit_and_evaluate(
     )
     conversion, churn, fit_reports = fitted[chosen]
     progress(f"chosen formulation: {chosen}")
+    if config.refit == "pre-test":
+        if chosen == "shared_offset":
+            conversion, churn = _refit_before_test(
+                X, codes, y_conv, y_churn, table["decision_time"], split,
+                (conversion, churn), fit_reports, spec, config, counts, progress,
+            )  # fmt: skip
+        else:
+            progress(f"refit: skipped, only the shared_offset formulation refits ({chosen})")
 
     save_bundle(
         bundle_dir,
@@ -263,7 +276,12 @@ def fit_and_evaluate(
         catalog=catalog,
         conversion=conversion,
         churn=churn,
-        metadata={"formulation": chosen, "split": split.to_dict(), "seed": config.seed},
+        metadata={
+            "formulation": chosen,
+            "split": split.to_dict(),
+            "seed": config.seed,
+            "refit": config.refit if "rows_refit" in counts else "none",
+        },
     )
     # Evaluate the bundle as serving will load it, not the in-memory objects.
     engine = DecisionEngine(load_bundle(bundle_dir))
@@ -298,6 +316,53 @@ def fit_and_evaluate(
         engine=engine,
         propensity=propensity,
     )
+
+
+def _refit_before_test(
+    X: np.ndarray,
+    codes: np.ndarray,
+    y_conv: np.ndarray,
+    y_churn: np.ndarray,
+    decision_time: pd.Series,
+    split: TimeSplit,
+    split_fit: tuple[OutcomeScorer, OutcomeScorer],
+    reports: dict[str, FitReport],
+    spec: FeatureSpec,
+    config: TrainConfig,
+    counts: dict[str, int],
+    progress: Progress,
+) -> tuple[OutcomeScorer, OutcomeScorer]:
+    """The split fit's boosters refit on the rows decided before the test period
+    (training/refit.py), each keeping the split fit's calibration (chosen on validation
+    rows out of sample; they are in the refit)."""
+    idx = _cap_rows(pre_test_rows(decision_time, split), config.max_train_rows, config.seed)
+    counts["rows_refit"] = len(idx)
+    progress(
+        f"refitting on {len(idx):,} decision points before the test period "
+        f"(train, gap and validation; rounds x {REFIT_ROUNDS_MULTIPLIER})"
+    )
+    refitted = []
+    for scorer, y, target in zip(
+        split_fit, (y_conv, y_churn), ("conversion", "churn"), strict=True
+    ):
+        started = time.perf_counter()
+        new = refit_shared_offset(
+            X[idx],
+            codes[idx],
+            y[idx],
+            reports[target],
+            actions=scorer.actions,
+            params=config.lgb_params,
+            seed=config.seed,
+            feature_names=list(spec.feature_names),
+            negative_keep=config.negative_keep,
+            offset_features=_offset_features(config, "shared_offset", spec),
+        )
+        new.calibration = scorer.calibration
+        trees = {key: booster.num_trees() for key, booster in new.boosters.items()}
+        progress(f"  {target}: {trees} trees, {time.perf_counter() - started:.1f} s")
+        refitted.append(new)
+    return refitted[0], refitted[1]
 
 
 def _engine(

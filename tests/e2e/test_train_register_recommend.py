@@ -5,6 +5,7 @@ The figures are checked against the simulator's ground truth, not against themse
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -216,14 +217,24 @@ def test_evaluate_command_reports_every_policy_and_estimator(
 
 def test_second_run_is_challenger_and_promoted_only_if_better(trained: dict, scratch: Path) -> None:
     data, client = trained["data"], trained["client"]
+    # This run also refits on the rows before the test period (--refit pre-test).
     args = ["train", *trained["common"], "--catalog", str(data / "catalog.yaml"),
-            "--experiment", "e2e", "--bootstrap", "50", "--seed", "1"]  # fmt: skip
+            "--experiment", "e2e", "--bootstrap", "50", "--seed", "1",
+            "--refit", "pre-test"]  # fmt: skip
     assert main(args) == 0
     _no_bundle_left(scratch)  # the champion, fetched to compare with
     experiment = client.get_experiment_by_name("e2e").experiment_id
     runs = client.search_runs([experiment], order_by=["attributes.start_time DESC"])
     second = runs[0]
     metrics, tags = second.data.metrics, second.data.tags
+    # The refit saw train, the gap after it and validation: more rows than the first two.
+    assert second.data.params["config.refit"] == "pre-test"
+    assert metrics["count.rows_refit"] > metrics["count.rows_train"] + metrics["count.rows_valid"]
+    bundle = json.loads(
+        (Path("models") / f"touchpoint-{second.info.run_id[:12]}" / "bundle.json").read_text()
+    )
+    assert bundle["metadata"]["refit"] == "pre-test"
+    assert trained["run"].data.params["config.refit"] == "none"
     challenger = client.get_model_version_by_alias("touchpoint", "challenger")
     champion = client.get_model_version_by_alias("touchpoint", "champion")
     assert str(challenger.version) == "2"

@@ -1,13 +1,15 @@
-"""The shared offset booster restricted to the effect features, and the refit on all rows."""
+"""The shared offset booster restricted to the effect features, and the refit on more rows."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from training.datasets import make_time_split
 from training.effect_features import effect_features, offset_contributions
 from training.models import fit_outcome_model
-from training.refit import REFIT_ROUNDS_MULTIPLIER, refit_shared_offset
+from training.refit import REFIT_ROUNDS_MULTIPLIER, pre_test_rows, refit_shared_offset
 
 ACTIONS = ("none", "email_promo", "sms_offer")
 NAMES = ["attr_age", "ch_sms_open_rate", "n_sent_7d", "noise_a", "noise_b", "ch_sms_sends_7d"]
@@ -124,3 +126,21 @@ def test_refit_needs_a_shared_offset_report() -> None:
     report = FitReport(best_iterations={"all": 10})  # what a single-formulation fit reports
     with pytest.raises(ValueError, match="needs the report of a shared_offset fit"):
         refit_shared_offset(X, a, y, report, actions=ACTIONS, feature_names=NAMES)
+
+
+def test_pre_test_rows_are_those_whose_labels_end_before_the_test_period() -> None:
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    times = pd.Series(start + pd.to_timedelta(np.linspace(0, 240, 4801), unit="D"))
+    split = make_time_split(times, gap_days=60)
+    part = split.assign(times).to_numpy()
+    rows = pre_test_rows(times, split)
+    chosen = np.zeros(len(times), dtype=bool)
+    chosen[rows] = True
+    # Train, the first gap and validation; not the second gap or test.
+    assert set(part[chosen]) == {"train", "gap", "valid"}
+    assert chosen[part == "train"].all() and chosen[part == "valid"].all()
+    assert not chosen[part == "test"].any()
+    # Every chosen label window (the gap) closes by the start of the test period.
+    assert times[chosen].max() + pd.Timedelta(days=60) <= split.test_start
+    first_gap = (part == "gap") & (times < split.valid_start).to_numpy()
+    assert chosen[first_gap].all() and first_gap.any()
