@@ -17,7 +17,9 @@ correlation across customers.  ``--conversion-label before_send`` (and ``--churn
 fit the models on the labels stopped at the next send (``training/labels.py``);
 ``--offset-features`` says what the shared offset booster may split on (by default, as in
 ``touchpoint train``, only ``training.effect_features``; ``all``: every feature), and
-``--refit-all`` refits it on every labelled row (``training/refit.py``).  The measurements are in docs/TRAINING.md, "What limits the
+``--refit all`` (or ``--refit-all``) refits it on every labelled row and ``--refit pre-test``
+on the rows before the test period, as ``touchpoint train --refit pre-test`` does
+(``training/refit.py``).  The measurements are in docs/TRAINING.md, "What limits the
 policy".
 """
 
