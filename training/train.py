@@ -23,7 +23,7 @@ from features.spec import FeatureSpec
 from features.stages import StageRules
 from serving.bundle import load_bundle, save_bundle
 from serving.engine import DecisionEngine
-from serving.scoring import OutcomeScorer
+from serving.scoring import Formulation, OutcomeScorer
 from training.datasets import TimeSplit, make_time_split
 from training.effect_features import effect_features
 from training.evaluation import (
@@ -48,6 +48,11 @@ from training.refit import REFIT_ROUNDS_MULTIPLIER, pre_test_rows, refit_shared_
 
 Progress = Callable[[str], None]
 FormulationChoice = Literal["single", "per_action", "offset", "shared_offset", "compare"]
+
+
+#: What ``--formulation compare`` fits, every formulation, in this order: the first fits
+#: beside the propensity model (``fit_outcome_models``' side job).
+COMPARED_FORMULATIONS: tuple[Formulation, ...] = ("shared_offset", "single", "per_action", "offset")
 
 
 @dataclass(frozen=True)
@@ -207,9 +212,7 @@ def fit_and_evaluate(
         return logged_rounds(X, table["decision_time"], codes, y_conv, y_churn, idx, propensity)
 
     candidates = (
-        ["single", "per_action", "offset"]
-        if config.formulation == "compare"
-        else [config.formulation]
+        list(COMPARED_FORMULATIONS) if config.formulation == "compare" else [config.formulation]
     )
     fitted: dict[str, tuple[OutcomeScorer, OutcomeScorer, dict[str, FitReport]]] = {}
     comparison: dict[str, float] = {}
@@ -228,7 +231,7 @@ def fit_and_evaluate(
             codes[valid_idx],
             {"conversion": y_conv[valid_idx], "churn": y_churn[valid_idx]},
             actions=actions,
-            formulation=formulation,  # type: ignore[arg-type]
+            formulation=formulation,
             params=config.lgb_params,
             num_rounds=config.num_rounds,
             early_stopping=config.early_stopping,
