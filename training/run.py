@@ -25,7 +25,8 @@ from features.pipeline import compute_features
 from serving.bundle import load_bundle
 from serving.engine import DecisionEngine
 from training import plots, report, tracking
-from training.evaluation import LoggedRounds, policy_value_table, summarize_policy_table
+from training.evaluation import summarize_policy_table
+from training.promotion import compare_with_champion
 from training.report import QuarantineSummary
 from training.train import TrainConfig, TrainResult, fit_and_evaluate
 
@@ -216,7 +217,9 @@ def _maybe_promote(
     version: str,
     progress: Progress,
 ) -> bool:
-    """Promote to champion when the challenger's DR policy value beats the champion's."""
+    """Promote to champion when the challenger's DR policy value beats the champion's, both
+    graded on this run's test decision points by the same reward estimates
+    (training/promotion.py)."""
     challenger_value = float(
         result.policy_table.query("policy == 'model' and estimator == 'dr'")["value"].iloc[0]
     )
@@ -231,13 +234,22 @@ def _maybe_promote(
                     tracking.download_bundle(f"models:/{tracking.MODEL_NAME}@champion", folder)
                 )
             )  # read into memory: the download is not needed once loaded
-        champion_value = _champion_value(champion, result, events, customers)
-        # NaN (different action sets) cannot be compared: the newer catalog wins.
-        promote = not np.isfinite(champion_value) or challenger_value > champion_value
-        reason = (
-            f"challenger DR {challenger_value:.4f} vs champion v{champion_version} "
-            f"DR {champion_value:.4f} on the same test decision points"
+        comparison = compare_with_champion(
+            result.engine,
+            champion,
+            result.test_rounds,
+            _champion_X(champion, result, events, customers),
         )
+        if comparison is None:  # different action sets: not comparable, the newer catalog wins
+            promote, reason = True, f"champion v{champion_version} serves other actions"
+        else:
+            challenger_value, champion_value = comparison.challenger, comparison.champion
+            promote = challenger_value > champion_value
+            reason = (
+                f"challenger DR {challenger_value:.4f} vs champion v{champion_version} "
+                f"DR {champion_value:.4f} on the same test decision points, graded by the "
+                "mean of both models' reward estimates"
+            )
     mlflow.log_metrics(
         {"promotion.challenger_dr": challenger_value}
         | ({"promotion.champion_dr": champion_value} if np.isfinite(champion_value) else {})
@@ -257,32 +269,15 @@ def _maybe_promote(
     return promote
 
 
-def _champion_value(
+def _champion_X(
     champion: DecisionEngine,
     result: TrainResult,
     events: pd.DataFrame,
     customers: pd.DataFrame | None,
-) -> float:
-    """The champion's DR value on this run's test rounds (its own features and models)."""
+) -> np.ndarray:
+    """This run's test decision points in the champion's own feature spec."""
     features = compute_features(events, result.test_decisions, customers, spec=champion.bundle.spec)
-    X = features[list(champion.bundle.spec.feature_names)].to_numpy(dtype=np.float64)
-    r = result.test_rounds
-    if set(champion.actions) != set(result.engine.actions):
-        return float("nan")  # a different action set: the two policies are not comparable
-    codes = np.array([champion.actions.index(a) for a in result.engine.actions])
-    dist = np.zeros_like(r.logging_dist)
-    dist[:, codes] = r.logging_dist
-    rounds = LoggedRounds(
-        X=X,
-        decision_time=r.decision_time,
-        action=codes[r.action],
-        conversion=r.conversion,
-        churn=r.churn,
-        pscore=r.pscore,
-        logging_dist=dist,
-    )
-    table = policy_value_table(champion, rounds, best_single=0, n_bootstrap=50)
-    return float(table.query("policy == 'model' and estimator == 'dr'")["value"].iloc[0])
+    return features[list(champion.bundle.spec.feature_names)].to_numpy(dtype=np.float64)
 
 
 def policy_table_text(table: pd.DataFrame) -> str:
