@@ -8,6 +8,8 @@ challenger and the champion are valued here on the same test decision points, wi
 same rewards (the challenger's catalog: today's objective) and the same ``q``: the mean of
 the two models' predictions.  Neither model's beliefs favour its own policy more than the
 other's, as in the Open Bandit Pipeline, where one reward model serves every policy.
+``touchpoint train --formulation compare`` grades its candidates on validation the same
+way (:func:`grade_policies`: the mean of all the candidates' estimates).
 
 Measured on the default world (docs/TRAINING.md, "The champion comparison"): with its own
 ``q``, the split fit (truth 0.565 of the oracle) beat the refit before the test period
@@ -17,6 +19,7 @@ refit won, as the truth says.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +28,7 @@ from serving.engine import DecisionEngine
 from training import ope
 from training.evaluation import LoggedRounds, one_hot, rewards
 
-__all__ = ["PolicyComparison", "compare_with_champion"]
+__all__ = ["PolicyComparison", "compare_with_champion", "grade_policies"]
 
 
 @dataclass(frozen=True)
@@ -50,42 +53,63 @@ def compare_with_champion(
 
     None when the two serve different action sets: their policies are not comparable.
     """
-    if set(champion.actions) != set(challenger.actions):
-        return None
-    # column of the champion's scores for each of the challenger's actions, and back
-    to_champion = np.array([champion.actions.index(a) for a in challenger.actions])
-    to_challenger = np.argsort(to_champion)
-    mine = challenger.score(rounds.X, rounds.decision_time)
-    theirs = champion.score(champion_X, rounds.decision_time)
-    value, cost = challenger.conversion_value, challenger.churn_cost
-    q_mine = mine.q_values(value, cost, challenger.costs)
-    q_theirs = (
-        value * theirs.p_conversion[:, to_champion]
-        - cost * theirs.p_churn[:, to_champion]
-        - challenger.costs[None, :]
+    values = grade_policies(
+        {"challenger": (challenger, rounds.X), "champion": (champion, champion_X)},
+        rounds,
+        reference=challenger,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
     )
-    k = len(challenger.actions)
+    if values is None:
+        return None
+    return PolicyComparison(challenger=values["challenger"], champion=values["champion"])
+
+
+def grade_policies(
+    graded: Mapping[str, tuple[DecisionEngine, np.ndarray]],
+    rounds: LoggedRounds,
+    *,
+    reference: DecisionEngine,
+    n_bootstrap: int = 50,
+    seed: int = 0,
+) -> dict[str, float] | None:
+    """DR value of each engine's greedy policy on ``rounds``, all graded by the mean of
+    the engines' reward estimates.
+
+    ``graded`` maps a name to an engine and the rows of ``rounds`` in its feature spec.
+    ``reference`` decides the action order of ``rounds`` and the rewards (its catalog's
+    values and costs).  None when an engine serves another action set.
+    """
+    k = len(reference.actions)
+    value, cost = reference.conversion_value, reference.churn_cost
+    policies, estimates = {}, []
+    for name, (engine, X) in graded.items():
+        if set(engine.actions) != set(reference.actions):
+            return None
+        # the engine's column for each of the reference's actions, and back
+        columns = np.array([engine.actions.index(a) for a in reference.actions])
+        scored = engine.score(X, rounds.decision_time)
+        estimates.append(
+            value * scored.p_conversion[:, columns]
+            - cost * scored.p_churn[:, columns]
+            - reference.costs[None, :]
+        )
+        policies[name] = one_hot(np.argsort(columns)[scored.greedy()], k)
     table = ope.evaluate_policies(
-        {
-            "challenger": one_hot(mine.greedy(), k),
-            "champion": one_hot(to_challenger[theirs.greedy()], k),
-        },
+        policies,
         action=rounds.action,
         reward=rewards(
             rounds.conversion,
             rounds.churn,
             rounds.action,
-            challenger.costs,
+            reference.costs,
             conversion_value=value,
             churn_cost=cost,
         ),
         pscore=rounds.pscore,
-        estimated_rewards=(q_mine + q_theirs) / 2,
+        estimated_rewards=np.mean(estimates, axis=0),
         estimators=("dr",),
         n_bootstrap=n_bootstrap,
         seed=seed,
     )
-    values = table.set_index("policy")["value"]
-    return PolicyComparison(
-        challenger=float(values["challenger"]), champion=float(values["champion"])
-    )
+    return {str(name): float(v) for name, v in table.set_index("policy")["value"].items()}

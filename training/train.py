@@ -43,6 +43,7 @@ from training.models import (
     SideJobSignals,
     fit_outcome_models,
 )
+from training.promotion import grade_policies
 from training.propensity import PropensityModel
 from training.refit import REFIT_ROUNDS_MULTIPLIER, pre_test_rows, refit_shared_offset
 
@@ -247,15 +248,23 @@ def fit_and_evaluate(
         fitted[formulation] = (scorers[0], scorers[1], reports)
         if i == 0:  # the propensity model has been fitted (the side job)
             valid_rounds, test_rounds = rounds(valid_idx), rounds(test_idx)
-        if len(candidates) > 1:
-            engine = _engine(scorers[0], scorers[1], spec, catalog, bundle_dir, model_version)
-            best = choose_best_single_action(engine, valid_rounds, seed=config.seed)
-            table_v = policy_value_table(
-                engine, valid_rounds, best_single=best, n_bootstrap=50, seed=config.seed
-            )
-            value = float(table_v.query("policy == 'model' and estimator == 'dr'")["value"].iloc[0])
-            comparison[f"formulation.{formulation}.valid_dr"] = value
-            progress(f"  {formulation}: validation DR policy value {value:.4f}")
+    if len(candidates) > 1:
+        # Every candidate's policy graded on validation by the same reward estimates (the
+        # mean of all the candidates'), so none grades its own choices (training/promotion.py).
+        engines = {
+            f: _engine(conv, churn_, spec, catalog, bundle_dir, model_version)
+            for f, (conv, churn_, _reports) in fitted.items()
+        }
+        graded = grade_policies(
+            {f: (engine, valid_rounds.X) for f, engine in engines.items()},
+            valid_rounds,
+            reference=engines[candidates[0]],
+            seed=config.seed,
+        )
+        assert graded is not None  # the candidates serve the same actions
+        for name, value in graded.items():
+            comparison[f"formulation.{name}.valid_dr"] = value
+            progress(f"  {name}: validation DR policy value {value:.4f}")
     chosen = (
         max(candidates, key=lambda f: comparison[f"formulation.{f}.valid_dr"])
         if len(candidates) > 1

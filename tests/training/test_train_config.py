@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import get_args
 
+import numpy as np
+import pytest
+
+from features.catalog import catalog_from_dict
 from serving.scoring import Formulation
 from touchpoint.cli import build_parser
-from training.train import COMPARED_FORMULATIONS
+from training.simulator import simulate
+from training.train import COMPARED_FORMULATIONS, TrainConfig, fit_and_evaluate
 
 
 def test_compare_fits_every_formulation_once() -> None:
@@ -18,3 +24,26 @@ def test_the_cli_offers_every_formulation_and_compare() -> None:
     train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
     choices = next(a.choices for a in train._actions if a.dest == "formulation")
     assert sorted(choices) == sorted([*COMPARED_FORMULATIONS, "compare"])
+
+
+@pytest.mark.slow
+def test_compare_grades_every_formulation_and_keeps_the_best(tmp_path: Path) -> None:
+    sim = simulate(n_customers=600, days=300, seed=3)
+    catalog = catalog_from_dict(sim.catalog)
+    result = fit_and_evaluate(
+        sim.events,
+        sim.customers,
+        catalog,
+        TrainConfig(formulation="compare", n_bootstrap=10),
+        bundle_dir=tmp_path / "bundle",
+        model_version="compare",
+    )
+    values = {
+        key.split(".")[1]: value
+        for key, value in result.formulation_comparison.items()
+        if key.endswith(".valid_dr")
+    }
+    assert sorted(values) == sorted(COMPARED_FORMULATIONS)
+    assert all(np.isfinite(v) for v in values.values())
+    assert result.formulation == max(values, key=values.__getitem__)
+    assert result.engine.bundle.metadata["formulation"] == result.formulation
