@@ -31,8 +31,8 @@ train / validation and then times, with the data generation outside the timed re
   instead (the path before the Datasets were shared; the same models, timed per outcome).
 
 With ``--refit`` (``shared_offset``), the child then also times the refit of ``touchpoint
-train --refit pre-test`` (:func:`training.refit.refit_shared_offset`, both outcomes, on the
-training and validation rows with 1.2x the chosen rounds) as ``refit_s``; the totals and
+train --refit pre-test`` (:func:`training.refit.refit_outcomes`, both outcomes side by side, on
+the training and validation rows with 1.2x the chosen rounds) as ``refit_s``; the totals and
 the 60 s target stay the fit's.
 
 Peak RSS is reported twice: for the fit alone (the child resets ``VmHWM`` through
@@ -72,7 +72,7 @@ from training.models import (  # noqa: E402
 )
 from training.propensity import EARLY_STOPPING as PROPENSITY_EARLY_STOPPING  # noqa: E402
 from training.propensity import PropensityModel  # noqa: E402
-from training.refit import refit_shared_offset  # noqa: E402
+from training.refit import refit_outcomes  # noqa: E402
 
 #: ``none`` (code 0) and the default catalog's ten actions (features/default_catalog.yaml).
 ACTIONS = (
@@ -365,14 +365,12 @@ def run_child(
             # on more rows (here train and validation) with 1.2x the rounds chosen.
             t2, c2 = time.perf_counter(), _cpu_seconds()
             X_all, a_all = np.concatenate([Xt, Xv]), np.concatenate([at, av])
-            for target, y_all in (
-                ("conversion", np.concatenate([yct, ycv])),
-                ("churn", np.concatenate([yht, yhv])),
-            ):
-                refit_shared_offset(
-                    X_all, a_all, y_all, fits[target][1],
-                    actions=ACTIONS, seed=seed, feature_names=names,
-                )  # fmt: skip
+            refit_outcomes(
+                X_all, a_all,
+                {"conversion": np.concatenate([yct, ycv]), "churn": np.concatenate([yht, yhv])},
+                {target: report for target, (_scorer, report) in fits.items()},
+                actions=ACTIONS, seed=seed, feature_names=names,
+            )  # fmt: skip
             del X_all
             res["refit_rows"] = len(a_all)
             res["refit_s"] = round(time.perf_counter() - t2, 2)

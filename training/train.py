@@ -45,7 +45,7 @@ from training.models import (
 )
 from training.promotion import grade_policies
 from training.propensity import PropensityModel
-from training.refit import REFIT_ROUNDS_MULTIPLIER, pre_test_rows, refit_shared_offset
+from training.refit import REFIT_ROUNDS_MULTIPLIER, pre_test_rows, refit_outcomes
 
 Progress = Callable[[str], None]
 FormulationChoice = Literal["single", "per_action", "offset", "shared_offset", "compare"]
@@ -353,28 +353,26 @@ def _refit_before_test(
         f"refitting on {len(idx):,} decision points before the test period "
         f"(train, gap and validation; rounds x {REFIT_ROUNDS_MULTIPLIER})"
     )
-    refitted = []
-    for scorer, y, target in zip(
-        split_fit, (y_conv, y_churn), ("conversion", "churn"), strict=True
-    ):
-        started = time.perf_counter()
-        new = refit_shared_offset(
-            X[idx],
-            codes[idx],
-            y[idx],
-            reports[target],
-            actions=scorer.actions,
-            params=config.lgb_params,
-            seed=config.seed,
-            feature_names=list(spec.feature_names),
-            negative_keep=config.negative_keep,
-            offset_features=_offset_features(config, "shared_offset", spec),
-        )
+    started = time.perf_counter()
+    refitted = refit_outcomes(
+        X,
+        codes,
+        {"conversion": y_conv, "churn": y_churn},
+        reports,
+        rows=idx,
+        actions=split_fit[0].actions,
+        params=config.lgb_params,
+        seed=config.seed,
+        feature_names=list(spec.feature_names),
+        negative_keep=config.negative_keep,
+        offset_features=_offset_features(config, "shared_offset", spec),
+    )
+    for scorer, (target, new) in zip(split_fit, refitted.items(), strict=True):
         new.calibration = scorer.calibration
         trees = {key: booster.num_trees() for key, booster in new.boosters.items()}
-        progress(f"  {target}: {trees} trees, {time.perf_counter() - started:.1f} s")
-        refitted.append(new)
-    return refitted[0], refitted[1]
+        progress(f"  {target}: {trees} trees")
+    progress(f"  refit: {time.perf_counter() - started:.1f} s")
+    return refitted["conversion"], refitted["churn"]
 
 
 def _engine(

@@ -9,7 +9,12 @@ import pytest
 from training.datasets import make_time_split
 from training.effect_features import effect_features, offset_contributions
 from training.models import fit_outcome_model
-from training.refit import REFIT_ROUNDS_MULTIPLIER, pre_test_rows, refit_shared_offset
+from training.refit import (
+    REFIT_ROUNDS_MULTIPLIER,
+    pre_test_rows,
+    refit_outcomes,
+    refit_shared_offset,
+)
 
 ACTIONS = ("none", "email_promo", "sms_offer")
 NAMES = ["attr_age", "ch_sms_open_rate", "n_sent_7d", "noise_a", "noise_b", "ch_sms_sends_7d"]
@@ -144,3 +149,29 @@ def test_pre_test_rows_are_those_whose_labels_end_before_the_test_period() -> No
     assert times[chosen].max() + pd.Timedelta(days=60) <= split.test_start
     first_gap = (part == "gap") & (times < split.valid_start).to_numpy()
     assert chosen[first_gap].all() and first_gap.any()
+
+
+def _model_text(scorer: object, key: str) -> str:
+    """A booster's trees, without the parameters block (num_threads differs)."""
+    text = scorer.boosters[key].model_to_string()  # type: ignore[attr-defined]
+    return text.split("end of trees")[0]
+
+
+def test_outcomes_refit_side_by_side_on_chosen_rows_as_one_by_one_on_a_copy(
+    restricted: tuple,
+) -> None:
+    X, a, y, allowed, _scorer, report = restricted
+    churn = (np.random.default_rng(5).random(len(y)) < 0.2).astype(float)
+    rows = np.flatnonzero(np.arange(len(y)) % 3 != 0)  # two thirds, in order
+    both = refit_outcomes(
+        X, a, {"conversion": y, "churn": churn}, {"conversion": report, "churn": report},
+        rows=rows, actions=ACTIONS, feature_names=NAMES, offset_features=allowed,
+    )  # fmt: skip
+    for name, target in (("conversion", y), ("churn", churn)):
+        alone = refit_shared_offset(
+            X[rows], a[rows], target[rows], report,
+            actions=ACTIONS, feature_names=NAMES, offset_features=allowed,
+        )  # fmt: skip
+        for key in ("base", "offset"):
+            assert _model_text(both[name], key) == _model_text(alone, key)
+    assert _model_text(both["conversion"], "base") != _model_text(both["churn"], "base")
