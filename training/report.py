@@ -453,6 +453,9 @@ def render_html(inputs: ReportInputs, progress: Progress = lambda _msg: None) ->
     ):
         if tag in inputs.tags:
             sub.append(f"{label}: {inputs.tags[tag]}")
+    refit_rows = inputs.metrics.get("count.rows_refit")
+    if refit_rows is not None:  # touchpoint train --refit pre-test (docs/TRAINING.md)
+        sub.append(f"refit on the {refit_rows:,.0f} decision points before the test period")
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

@@ -279,3 +279,11 @@ def test_a_failing_section_does_not_lose_the_report(events: pd.DataFrame, tmp_pa
     text = html.read_text("utf-8")
     assert list(_sections(text)) == list(rs.SECTION_TITLES)
     assert "could not be built" in _sections(text)["Policy comparison"]
+
+
+def test_the_header_says_when_the_model_was_refit(events: pd.DataFrame, tmp_path: Path) -> None:
+    refit = ReportInputs(events=events, metrics={"count.rows_refit": 477316.0})
+    html = build_report(refit, tmp_path / "refit.html").read_text("utf-8")
+    assert "refit on the 477,316 decision points before the test period" in html
+    plain = build_report(ReportInputs(events=events), tmp_path / "plain.html").read_text("utf-8")
+    assert "refit on the" not in plain
