@@ -31,9 +31,9 @@ train / validation and then times, with the data generation outside the timed re
   instead (the path before the Datasets were shared; the same models, timed per outcome).
 
 With ``--refit`` (``shared_offset``), the child then also times the refit of ``touchpoint
-train --refit pre-test`` (:func:`training.refit.refit_outcomes`, both outcomes side by side, on
-the training and validation rows with 1.2x the chosen rounds) as ``refit_s``; the totals and
-the 60 s target stay the fit's.
+train --refit pre-test`` (:func:`training.refit.refit_outcomes`, one outcome after the
+other, on the training and validation rows with 1.2x the chosen rounds) as ``refit_s``; the
+times and the 60 s target stay the fit's, but the fit's peak RSS then includes the refit.
 
 Peak RSS is reported twice: for the fit alone (the child resets ``VmHWM`` through
 ``/proc/self/clear_refs`` once the data is in memory, then reads it after the fit) and for the
