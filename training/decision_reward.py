@@ -4,7 +4,7 @@
 ``executed``, ``converted``, ...).  Serving cannot go further, because the churn label is
 training's (``training.labels``), and the serving package never imports training.  This
 module adds the remaining columns. The reward is then exactly what the policy ranks by
-and what offline evaluation scores (``training.evaluation.rewards``):
+and what offline evaluation scores (computed by ``training.evaluation.rewards``):
 
     reward = conversion_value · converted − churn_cost · churned − cost(action)
 
@@ -18,6 +18,8 @@ import pandas as pd
 
 from features.catalog import Catalog
 from features.schema import NO_ACTION
+from serving.policy import action_costs
+from training.evaluation import rewards
 from training.labels import LabelWindows, label_decisions
 
 __all__ = ["BUSINESS_REWARD_COLUMNS", "with_business_reward"]
@@ -51,13 +53,19 @@ def with_business_reward(
         )
         churned = labels["churn"].to_numpy().astype(bool)
         censored = labels["censored"].to_numpy()
-    costs = {a.id: a.cost for a in catalog.actions} | {NO_ACTION: 0.0}
-    action_cost = out["action"].astype(str).map(costs).astype("float64").to_numpy()
-    objective = catalog.objective
-    reward = (
-        objective.conversion_value * out["converted"].to_numpy(dtype=np.float64)
-        - objective.churn_cost * churned
-        - action_cost
+    actions = (NO_ACTION, *catalog.action_ids)
+    # the catalog's costs by action code, and NaN in one more slot for unknown actions
+    costs = np.append(action_costs(catalog, actions), np.nan)
+    code_of = {action: code for code, action in enumerate(actions)}
+    codes = out["action"].astype(str).map(code_of).fillna(len(actions)).to_numpy(dtype=np.int64)
+    action_cost = costs[codes]
+    reward = rewards(
+        out["converted"].to_numpy(dtype=np.float64),
+        churned.astype(np.float64),
+        codes,
+        costs,
+        conversion_value=catalog.objective.conversion_value,
+        churn_cost=catalog.objective.churn_cost,
     )
     out["churned"] = churned
     out["censored"] = censored
