@@ -23,7 +23,6 @@ from features.schema import NO_ACTION
 from serving.engine import DecisionEngine, ScoredRows
 from training import ope, uplift_metrics
 from training.models import classification_metrics
-from training.propensity import PropensityModel
 
 
 @dataclass(frozen=True)
@@ -46,10 +45,14 @@ def logged_rounds(
     conversion: np.ndarray,
     churn: np.ndarray,
     idx: np.ndarray,
-    propensity: PropensityModel,
+    logging_dist: np.ndarray,
 ) -> LoggedRounds:
-    """The rows ``idx`` of a labelled decision table as logged feedback, with propensities."""
-    dist = propensity.predict_proba(X[idx])
+    """The rows ``idx`` of a labelled decision table as logged feedback, with the logging
+    policy's distribution on those rows (``logging_dist``, one row each, in ``idx``'s order;
+    :func:`training.propensity.cross_fitted_distribution`)."""
+    dist = logging_dist
+    if dist.shape[0] != len(idx):
+        raise ValueError(f"logging_dist has {dist.shape[0]} rows for {len(idx)} decision points")
     return LoggedRounds(
         X=X[idx],
         decision_time=decision_time.iloc[idx].reset_index(drop=True),
@@ -59,6 +62,16 @@ def logged_rounds(
         pscore=dist[np.arange(len(idx)), action[idx]],
         logging_dist=dist,
     )
+
+
+def none_weight(rounds: LoggedRounds) -> float:
+    """The mean of ``1{a = none} / p(none | x)`` over the rounds (``none`` is code 0).
+
+    Whatever the policy, its expectation under the right propensities is 1, since no action
+    is possible everywhere; far from 1, the propensities misweigh every estimate.  Logged
+    as ``propensity.none_weight``.
+    """
+    return float(((rounds.action == 0) / rounds.logging_dist[:, 0]).mean())
 
 
 def rewards(

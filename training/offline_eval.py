@@ -1,9 +1,11 @@
 """``touchpoint evaluate``: the policy value of a trained bundle on a (new) log.
 
-The log's decision points are featurized with the bundle's own spec and labelled; a
-propensity model of the logging policy is fit on the earlier half of them (by time) and
-the bundle's policy is evaluated off-policy on the later half, next to the same baselines
-as in training.  When the log comes from the simulator, the true value is added.
+The log's decision points are featurized with the bundle's own spec and labelled; the best
+single action is chosen on the earlier half of them (by time) and the bundle's policy is
+evaluated off-policy on the later half, next to the same baselines as in training.  Each
+half's logging propensities are cross-fitted on its own rows, as in training
+(``training/propensity.py``).  When the log comes from the simulator, the true value is
+added.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from training.evaluation import (
     LoggedRounds,
     choose_best_single_action,
     logged_rounds,
+    none_weight,
     policy_value_table,
     summarize_policy_table,
 )
 from training.labels import LabelWindows, label_decisions
-from training.propensity import PropensityModel
+from training.propensity import cross_fitted_distribution
 
 
 def evaluate_bundle(
@@ -57,24 +60,25 @@ def evaluate_bundle(
     codes = pd.Categorical(table["action"].astype(str), categories=engine.actions).codes
     codes = codes.astype(np.int64)
     X = table[list(spec.feature_names)].to_numpy(dtype=np.float64)
-    progress(f"propensity model on {len(fit_idx):,} earlier decision points")
-    half = len(fit_idx) // 2
-    propensity = PropensityModel(n_actions=len(engine.actions), seed=seed).fit(
-        X[fit_idx[:half]], codes[fit_idx[:half]], X[fit_idx[half:]], codes[fit_idx[half:]]
-    )
-
     conversion = labels["conversion"].to_numpy(dtype=np.float64)
     churn = labels["churn"].to_numpy(dtype=np.float64)
+    customer_ids = table["customer_id"].to_numpy()
 
-    def rounds(idx: np.ndarray) -> LoggedRounds:
-        return logged_rounds(X, table["decision_time"], codes, conversion, churn, idx, propensity)
+    def rounds(idx: np.ndarray, which: str) -> LoggedRounds:
+        progress(f"propensity on the {len(idx):,} {which} decision points, cross-fitted")
+        dist, _rounds = cross_fitted_distribution(
+            X[idx], codes[idx], customer_ids[idx], n_actions=len(engine.actions), seed=seed
+        )
+        return logged_rounds(X, table["decision_time"], codes, conversion, churn, idx, dist)
 
-    best = choose_best_single_action(engine, rounds(fit_idx), seed=seed)
+    best = choose_best_single_action(engine, rounds(fit_idx, "earlier"), seed=seed)
+    evaluated = rounds(eval_idx, "later")
     progress(f"off-policy evaluation on {len(eval_idx):,} later decision points")
     result = policy_value_table(
-        engine, rounds(eval_idx), best_single=best, n_bootstrap=n_bootstrap, seed=seed
+        engine, evaluated, best_single=best, n_bootstrap=n_bootstrap, seed=seed
     )
     metrics = dict(summarize_policy_table(result))
+    metrics["propensity.none_weight"] = none_weight(evaluated)
     if ground_truth is not None:
         from training.truth import simulated_truth
 

@@ -31,6 +31,7 @@ from training.evaluation import (
     choose_best_single_action,
     logged_rounds,
     model_quality,
+    none_weight,
     policy_value_table,
     uplift_quality,
 )
@@ -44,7 +45,7 @@ from training.models import (
     fit_outcome_models,
 )
 from training.promotion import grade_policies
-from training.propensity import PropensityModel
+from training.propensity import cross_fitted_distribution
 from training.refit import REFIT_ROUNDS_MULTIPLIER, pre_test_rows, refit_outcomes
 
 Progress = Callable[[str], None]
@@ -101,7 +102,6 @@ class TrainResult:
     test_rounds: LoggedRounds
     test_decisions: pd.DataFrame
     engine: DecisionEngine
-    propensity: PropensityModel
 
 
 def _offset_features(config: TrainConfig, formulation: str, spec: FeatureSpec) -> list[str] | None:
@@ -185,32 +185,37 @@ def fit_and_evaluate(
     )
 
     X_train, X_valid = X[train_idx], X[valid_idx]  # once: ~1 GB per copy at 800k rows
-    # Fitted beside the first formulation's outcome models, on the core the shorter chain
-    # leaves idle (fit_outcome_models' side_job): one LightGBM thread while the other chain
-    # trains, all of them once both chains are done (on a small log the chains end long
-    # before it); the same model either way.
-    propensity = PropensityModel(n_actions=len(actions), seed=config.seed, num_threads=1)
+    # The logging policy's distribution on the validation and test rows, each cross-fitted
+    # on its own rows (training/propensity.py: a model of the training period misjudges the
+    # later ones).  Fitted beside the first formulation's outcome models, on the core the
+    # shorter chain leaves idle (fit_outcome_models' side_job): one LightGBM thread while
+    # the other chain trains, all of them once both chains are done (on a small log the
+    # chains end long before it); the same models either way.
+    logging_dist: dict[str, np.ndarray] = {}
 
     def fit_propensity(signals: SideJobSignals) -> None:
-        started = time.perf_counter()
-        propensity.fit(
-            X_train,
-            codes[train_idx],
-            X_valid,
-            codes[valid_idx],
-            more_threads=signals.chains_done,
-            threads_then=signals.num_threads,
-            stop=signals.failed,
-        )
-        elapsed = time.perf_counter() - started
-        switch = propensity.thread_switch_round_
-        threads = "" if switch is None else f", {signals.num_threads} threads from round {switch}"
-        progress(
-            f"  propensity: {propensity.booster_.best_iteration} rounds, {elapsed:.1f} s{threads}"
-        )
+        for name, idx, X_part in (("valid", valid_idx, X_valid), ("test", test_idx, None)):
+            started = time.perf_counter()
+            logging_dist[name], fold_rounds = cross_fitted_distribution(
+                X[idx] if X_part is None else X_part,
+                codes[idx],
+                table["customer_id"].to_numpy()[idx],
+                n_actions=len(actions),
+                seed=config.seed,
+                num_threads=1,
+                more_threads=signals.chains_done,
+                threads_then=signals.num_threads,
+                stop=signals.failed,
+            )
+            progress(
+                f"  propensity on the {name} rows, cross-fitted by customer: "
+                f"{'/'.join(map(str, fold_rounds))} rounds, {time.perf_counter() - started:.1f} s"
+            )
 
-    def rounds(idx: np.ndarray) -> LoggedRounds:
-        return logged_rounds(X, table["decision_time"], codes, y_conv, y_churn, idx, propensity)
+    def rounds(name: str, idx: np.ndarray) -> LoggedRounds:
+        return logged_rounds(
+            X, table["decision_time"], codes, y_conv, y_churn, idx, logging_dist[name]
+        )
 
     candidates = (
         list(COMPARED_FORMULATIONS) if config.formulation == "compare" else [config.formulation]
@@ -247,7 +252,7 @@ def fit_and_evaluate(
         reports = {target: report for target, (_scorer, report) in fits.items()}
         fitted[formulation] = (scorers[0], scorers[1], reports)
         if i == 0:  # the propensity model has been fitted (the side job)
-            valid_rounds, test_rounds = rounds(valid_idx), rounds(test_idx)
+            valid_rounds, test_rounds = rounds("valid", valid_idx), rounds("test", test_idx)
     if len(candidates) > 1:
         # Every candidate's policy graded on validation by the same reward estimates (the
         # mean of all the candidates'), so none grades its own choices (training/promotion.py).
@@ -302,6 +307,7 @@ def fit_and_evaluate(
     metrics = model_quality(engine, test_rounds)
     uplift_metrics_, curves = uplift_quality(engine, test_rounds)
     metrics.update(uplift_metrics_)
+    metrics["propensity.none_weight"] = none_weight(test_rounds)
     best_single = choose_best_single_action(engine, valid_rounds, seed=config.seed)
     policy_table = policy_value_table(
         engine,
@@ -326,7 +332,6 @@ def fit_and_evaluate(
         test_rounds=test_rounds,
         test_decisions=test_decisions.reset_index(drop=True),
         engine=engine,
-        propensity=propensity,
     )
 
 
