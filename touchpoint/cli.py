@@ -454,7 +454,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     table.to_csv(out, index=False)
     print(policy_table_text(table))
     for key, value in metrics.items():
-        if key.startswith("truth."):
+        # The propensities' check (1 when they weigh "no action" right), then the truth.
+        if key.startswith(("truth.", "propensity.")):
             print(f"{key}: {value:.4f}")
     print(out)
     return 0

@@ -6,6 +6,7 @@ The figures are checked against the simulator's ground truth, not against themse
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -196,7 +197,7 @@ def test_serve_of_a_fixed_version_deletes_its_download_when_it_stops(
 
 
 def test_evaluate_command_reports_every_policy_and_estimator(
-    trained: dict, workdir: Path, scratch: Path
+    trained: dict, workdir: Path, scratch: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = workdir / "evaluation.csv"
     args = [
@@ -216,6 +217,9 @@ def test_evaluate_command_reports_every_policy_and_estimator(
     policies = {p.split(" ")[0] for p in table["policy"]}
     assert {"model", "logging", "random_eligible", "best_single", "no_action"} <= policies
     assert (table["ci_low"] <= table["value"]).all() and (table["value"] <= table["ci_high"]).all()
+    # The check of its propensities, cross-fitted on the evaluated half: 1 when right.
+    weight = re.search(r"^propensity\.none_weight: ([0-9.]+)$", capsys.readouterr().out, re.M)
+    assert weight is not None and 0.9 < float(weight.group(1)) < 1.1
 
 
 def test_second_run_is_challenger_and_promoted_only_if_better(trained: dict, scratch: Path) -> None:
