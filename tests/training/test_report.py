@@ -287,3 +287,22 @@ def test_the_header_says_when_the_model_was_refit(events: pd.DataFrame, tmp_path
     assert "refit on the 477,316 decision points before the test period" in html
     plain = build_report(ReportInputs(events=events), tmp_path / "plain.html").read_text("utf-8")
     assert "refit on the" not in plain
+
+
+def test_the_policy_section_warns_when_the_propensities_look_off(
+    events: pd.DataFrame, tmp_path: Path
+) -> None:
+    """``propensity.none_weight`` is 1 when the propensities weigh "no action" right."""
+    table = _policy_table()
+    html = {
+        weight: build_report(
+            ReportInputs(
+                events=events, policy_table=table, metrics={"propensity.none_weight": weight}
+            ),
+            tmp_path / f"w{weight}.html",
+        ).read_text("utf-8")
+        for weight in (1.01, 1.08, 0.9)
+    }
+    assert "look off" not in html[1.01]
+    assert "look off (their check is 1.08; it is 1 when they are right)" in html[1.08]
+    assert "their check is 0.90" in html[0.9]
