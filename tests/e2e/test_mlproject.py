@@ -68,8 +68,6 @@ def test_train_and_recommend_entry_points(tmp_path: Path) -> None:
         *inputs,
         "-P",
         f"catalog={data / 'catalog.yaml'}",
-        "-P",
-        "formulation=shared_offset",
     )
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("project-e2e")
@@ -80,6 +78,9 @@ def test_train_and_recommend_entry_points(tmp_path: Path) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.metrics["truth.violations"] == 0
     assert "policy.model.dr" in run.data.metrics
+    # The entry point's defaults are the CLI's: one formulation fitted, shared_offset.
+    assert run.data.tags["formulation"] == "shared_offset"
+    assert not any(key.startswith("formulation.") for key in run.data.metrics)
     assert client.get_experiment_by_name("touchpoint") is None
     champion = client.get_model_version_by_alias("touchpoint", "champion")
     assert champion.run_id == run.info.run_id
