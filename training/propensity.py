@@ -203,8 +203,9 @@ def cross_fitted_distribution(
     rounds: list[int] = []
     for k in range(folds):
         fit_rows, valid_rows = (fold != k) & ~held_out, (fold != k) & held_out
-        if not valid_rows.any():  # a tiny log: stop on the fitting rows themselves
-            valid_rows = fit_rows
+        if not fit_rows.any() or not valid_rows.any():
+            # A log of a few customers, all on one side: fit and stop on all of them.
+            fit_rows = valid_rows = fold != k
         model = PropensityModel(
             n_actions=n_actions,
             max_rows=CROSS_FIT_MAX_ROWS,

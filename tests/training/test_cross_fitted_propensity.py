@@ -79,6 +79,16 @@ def test_too_few_customers_is_a_clear_error() -> None:
         cross_fitted_distribution(X, a, np.arange(300) % 3, n_actions=N_ACTIONS)
 
 
+def test_four_customers_are_enough() -> None:
+    """With two customers a fold, the early-stopping share may take none or all of them."""
+    X, a, _ = _log(400, none_logit=0.0, seed=7)
+    for seed in range(6):
+        dist, _ = cross_fitted_distribution(
+            X, a, np.arange(400) % 4, n_actions=N_ACTIONS, seed=seed
+        )
+        np.testing.assert_allclose(dist.sum(axis=1), 1.0)
+
+
 def test_rows_must_line_up() -> None:
     X, a, customers = _log(300, none_logit=0.0, seed=6)
     with pytest.raises(ValueError, match="one row each: 300, 299, 300"):
