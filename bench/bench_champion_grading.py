@@ -18,7 +18,6 @@ docs/TRAINING.md, "The champion comparison".
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -30,10 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
-from features.catalog import load_catalog  # noqa: E402
-from features.ingest import read_customers, read_events  # noqa: E402
+from bench.simulated_world import world_and_seed  # noqa: E402
 from features.schema import NO_ACTION  # noqa: E402
 from training import ope  # noqa: E402
 from training.evaluation import one_hot, rewards  # noqa: E402
@@ -43,14 +40,8 @@ from training.truth import simulated_truth  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="a touchpoint simulate folder")
-    parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    args = parser.parse_args()
-    events = read_events(args.data / "events.parquet").events
-    customers = read_customers(args.data / "customers.parquet").customers
-    catalog = load_catalog(args.data / "catalog.yaml")
-    truth = pd.read_parquet(args.data / "ground_truth.parquet")
+    world, seed = world_and_seed((__doc__ or "").splitlines()[0])
+    events, customers, catalog = world.events, world.customers, world.catalog
 
     engines, fraction = {}, {}
     with tempfile.TemporaryDirectory() as folder:
@@ -60,7 +51,7 @@ def main() -> None:
                 events,
                 customers,
                 catalog,
-                TrainConfig(seed=args.seed, refit=refit, n_bootstrap=10),  # type: ignore[arg-type]
+                TrainConfig(seed=seed, refit=refit, n_bootstrap=10),  # type: ignore[arg-type]
                 bundle_dir=Path(folder) / name,
                 model_version=name,
             )
@@ -68,7 +59,7 @@ def main() -> None:
             if name == "A":
                 rounds = result.test_rounds  # the same split, so the same rows for B
             metrics, _ = simulated_truth(
-                result.engine, events, customers, truth, catalog, best_single=NO_ACTION
+                result.engine, events, customers, world.ground_truth, catalog, best_single=NO_ACTION
             )
             fraction[name] = metrics["truth.oracle_fraction.model"]
 

@@ -20,7 +20,6 @@ The truth's oracle fractions are printed above.  The measurements are in docs/TR
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -34,8 +33,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from features.catalog import load_catalog  # noqa: E402
-from features.ingest import read_customers, read_events  # noqa: E402
+from bench.simulated_world import world_and_seed  # noqa: E402
 from features.pipeline import build_feature_table  # noqa: E402
 from training import ope  # noqa: E402
 from training.evaluation import baseline_policies, rewards  # noqa: E402
@@ -47,14 +45,9 @@ KEY = ["customer_id", "decision_time", "action"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="a touchpoint simulate folder")
-    parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    args = parser.parse_args()
-    events = read_events(args.data / "events.parquet").events
-    customers = read_customers(args.data / "customers.parquet").customers
-    catalog = load_catalog(args.data / "catalog.yaml")
-    config = TrainConfig(seed=args.seed)
+    world, seed = world_and_seed((__doc__ or "").splitlines()[0])
+    events, customers, catalog = world.events, world.customers, world.catalog
+    config = TrainConfig(seed=seed)
     with tempfile.TemporaryDirectory() as folder:
         print("training (default settings)", flush=True)
         result = fit_and_evaluate(
@@ -65,7 +58,7 @@ def main() -> None:
             engine,
             events,
             customers,
-            pd.read_parquet(args.data / "ground_truth.parquet"),
+            world.ground_truth,
             catalog,
             best_single=result.best_single,
         )
@@ -112,7 +105,7 @@ def main() -> None:
             pscore=rounds.pscore,
             estimated_rewards=q,
             n_bootstrap=200,
-            seed=args.seed,
+            seed=seed,
         )
         wide = table_.pivot(index="policy", columns="estimator", values="value").loc[list(shown)]
         se = table_[table_["estimator"] == "dr"].set_index("policy")["std_error"]
