@@ -89,11 +89,9 @@ def grade_policies(
         # the engine's column for each of the reference's actions, and back
         columns = np.array([engine.actions.index(a) for a in reference.actions])
         scored = engine.score(X, rounds.decision_time)
-        estimates.append(
-            value * scored.p_conversion[:, columns]
-            - cost * scored.p_churn[:, columns]
-            - reference.costs[None, :]
-        )
+        costs = np.empty(k)
+        costs[columns] = reference.costs  # the reference's costs, in the engine's order
+        estimates.append(scored.q_values(value, cost, costs)[:, columns])
         policies[name] = one_hot(np.argsort(columns)[scored.greedy()], k)
     table = ope.evaluate_policies(
         policies,
