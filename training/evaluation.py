@@ -50,17 +50,18 @@ def logged_rounds(
     """The rows ``idx`` of a labelled decision table as logged feedback, with the logging
     policy's distribution on those rows (``logging_dist``, one row each, in ``idx``'s order;
     :func:`training.propensity.cross_fitted_distribution`)."""
-    dist = logging_dist
-    if dist.shape[0] != len(idx):
-        raise ValueError(f"logging_dist has {dist.shape[0]} rows for {len(idx)} decision points")
+    if logging_dist.shape[0] != len(idx):
+        raise ValueError(
+            f"logging_dist has {logging_dist.shape[0]} rows for {len(idx)} decision points"
+        )
     return LoggedRounds(
         X=X[idx],
         decision_time=decision_time.iloc[idx].reset_index(drop=True),
         action=action[idx],
         conversion=conversion[idx],
         churn=churn[idx],
-        pscore=dist[np.arange(len(idx)), action[idx]],
-        logging_dist=dist,
+        pscore=logging_dist[np.arange(len(idx)), action[idx]],
+        logging_dist=logging_dist,
     )
 
 
