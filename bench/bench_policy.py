@@ -16,7 +16,8 @@ estimated and true effect on P(conversion) and P(churn) against no action and th
 correlation across customers.  ``--conversion-label before_send`` (and ``--churn-label``)
 fit the models on the labels stopped at the next send (``training/labels.py``);
 ``--offset-features`` says what the shared offset booster may split on (by default, as in
-``touchpoint train``, only ``training.effect_features``; ``all``: every feature), and
+``touchpoint train``, only ``training.effect_features``; ``all``: every feature),
+``--offset-members`` how many boosters its bag averages (``training/offset_bagging.py``), and
 ``--refit all`` (or ``--refit-all``) refits it on every labelled row and ``--refit pre-test``
 on the rows before the test period, as ``touchpoint train --refit pre-test`` does
 (``training/refit.py``).  The measurements are in docs/TRAINING.md, "What limits the
@@ -55,6 +56,7 @@ from training.labels import (  # noqa: E402
     label_decisions,
 )
 from training.models import fit_outcome_model  # noqa: E402
+from training.offset_bagging import OFFSET_MEMBERS  # noqa: E402
 from training.refit import pre_test_rows, refit_shared_offset  # noqa: E402
 from training.simulator import (  # noqa: E402
     attribute_policy_choices,
@@ -97,6 +99,14 @@ def main() -> None:
         help="what the shared offset booster may split on besides the action: "
         "training.effect_features (attributes, channel rates, fatigue, presence; the default, "
         "as in touchpoint train) or every feature",
+    )
+    parser.add_argument(
+        "--offset-members",
+        type=int,
+        default=OFFSET_MEMBERS,
+        help="shared_offset: boosters averaged in the offset (default, as in touchpoint "
+        f"train: {OFFSET_MEMBERS}; 1: the early-stopped booster alone; "
+        "training/offset_bagging.py)",
     )
     parser.add_argument(
         "--refit",
@@ -166,6 +176,7 @@ def main() -> None:
                 X[tr], codes[tr], y[tr], X[va], codes[va], y[va],
                 actions=actions, formulation=formulation,  # type: ignore[arg-type]
                 feature_names=names, seed=args.seed, offset_features=offset_features,
+                offset_members=args.offset_members,
             )  # fmt: skip
             refit = "all" if args.refit_all else args.refit
             if refit != "none" and formulation == "shared_offset":

@@ -35,6 +35,9 @@ train --refit pre-test`` (:func:`training.refit.refit_outcomes`, one outcome aft
 other, on the training and validation rows with 1.2x the chosen rounds) as ``refit_s``; the
 times and the 60 s target stay the fit's, but the fit's peak RSS then includes the refit.
 
+``--offset-members K`` (``shared_offset``) fits the offset as a bag of K boosters
+(``training/offset_bagging.py``; default as ``touchpoint train``, one).
+
 Peak RSS is reported twice: for the fit alone (the child resets ``VmHWM`` through
 ``/proc/self/clear_refs`` once the data is in memory, then reads it after the fit) and for the
 whole child process, data generation included (the larger of ``ru_maxrss`` from ``os.wait4``
@@ -70,6 +73,7 @@ from training.models import (  # noqa: E402
     fit_outcome_model,
     fit_outcome_models,
 )
+from training.offset_bagging import OFFSET_MEMBERS  # noqa: E402
 from training.propensity import EARLY_STOPPING as PROPENSITY_EARLY_STOPPING  # noqa: E402
 from training.propensity import PropensityModel, cross_fitted_distribution  # noqa: E402
 from training.refit import refit_outcomes  # noqa: E402
@@ -299,6 +303,7 @@ def run_child(
     thread_switch: bool = True,
     refit: bool = False,
     propensity_fit: str = "cross",
+    offset_members: int = OFFSET_MEMBERS,
 ) -> dict[str, Any]:
     t = time.perf_counter()
     X, a, y_conv, y_churn, names = synthetic_table(rows, n_features, seed)
@@ -320,6 +325,7 @@ def run_child(
         "churn_rate": round(float(y_churn.mean()), 4),
         "none_share": round(float((a == 0).mean()), 3),
         "nan_share": round(float(np.isnan(Xt).mean()), 3),
+        "offset_members": offset_members,
     }
     del tr, va, a, y_conv, y_churn
     res["generate_peak_mb"] = round(status_mb("VmHWM"), 1)
@@ -401,6 +407,7 @@ def run_child(
             formulation=formulation,  # type: ignore[arg-type]
             seed=seed,
             feature_names=names,
+            offset_members=offset_members,
             progress=steps.append,
             side_job=None if sequential_propensity else side_job,
         )
@@ -454,6 +461,7 @@ def _measure(args: argparse.Namespace, formulation: str, repeat: int) -> dict[st
     cmd += ["--no-thread-switch"] if args.no_thread_switch else []
     cmd += ["--refit"] if args.refit else []
     cmd += ["--propensity-fit", args.propensity_fit]
+    cmd += ["--offset-members", str(args.offset_members)]
     env = os.environ.copy()
     if args.omp_wait_policy != "inherit":
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
@@ -571,6 +579,13 @@ def main(argv: list[str] | None = None) -> int:
         "stand-ins, as training.train does; split: one model on the training rows (the path "
         "before, for comparisons)",
     )
+    parser.add_argument(
+        "--offset-members",
+        type=int,
+        default=OFFSET_MEMBERS,
+        help=f"shared_offset: boosters in the offset's bag (default {OFFSET_MEMBERS}, as "
+        "touchpoint train; training/offset_bagging.py)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -585,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
             not args.no_thread_switch,
             args.refit,
             args.propensity_fit,
+            args.offset_members,
         )
         print(json.dumps(child))
         return 0

@@ -238,6 +238,21 @@ def test_train_negative_keep_reaches_the_config() -> None:
     assert train_config(default).negative_keep == NEGATIVE_KEEP
 
 
+def test_train_offset_members_reach_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.offset_bagging import OFFSET_MEMBERS
+
+    args = build_parser().parse_args(["train", "--events", "e.csv", "--offset-members", "1"])
+    assert train_config(args).offset_members == 1
+    default = build_parser().parse_args(["train", "--events", "e.csv"])
+    assert train_config(default).offset_members == OFFSET_MEMBERS
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--events", str(tmp_path / "e.csv"), "--offset-members", "0"])
+    assert exit_info.value.code == 2
+    assert "--offset-members" in capsys.readouterr().err
+
+
 def test_train_offset_features_reach_the_config() -> None:
     args = build_parser().parse_args(["train", "--events", "e.csv", "--offset-features", "all"])
     assert train_config(args).offset_features == "all"

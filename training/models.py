@@ -20,11 +20,14 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from serving.scoring import Calibration, Formulation, OutcomeScorer
+from training.booster_average import average_boosters
 from training.effect_features import offset_contributions
+from training.offset_bagging import OFFSET_MEMBERS, member_params, member_seed, train_member
 from training.round_callbacks import StopWhenSet
 
 #: LightGBM defaults, chosen for ~100k–1M rows on 2 cores; overridable from the CLI.
@@ -118,6 +121,8 @@ class FitReport:
     calibrated: bool = False
     valid_brier_raw: float = float("nan")
     valid_brier_calibrated: float = float("nan")
+    #: Boosters averaged in the shared offset (training/offset_bagging.py); 1 elsewhere.
+    offset_members: int = 1
 
 
 def fit_outcome_model(
@@ -138,12 +143,14 @@ def fit_outcome_model(
     progress: Callable[[str], None] | None = None,
     negative_keep: float | None = None,
     offset_features: Sequence[str] | None = None,
+    offset_members: int | None = None,
 ) -> tuple[OutcomeScorer, FitReport]:
     """Fit one outcome (conversion or churn) for every action, then decide on calibration.
 
     ``a_*`` are action codes (index into ``actions``; ``none`` is 0).  ``single`` and
-    ``shared_offset`` are :func:`fit_outcome_models` with one outcome (``negative_keep``
-    and ``offset_features``: see there); ``offset`` and ``per_action`` train on every row.
+    ``shared_offset`` are :func:`fit_outcome_models` with one outcome (``negative_keep``,
+    ``offset_features`` and ``offset_members``: see there); ``offset`` and ``per_action``
+    train on every row.
     """
     if formulation in ("single", "shared_offset"):
         # One code path for these two: fit_outcome_models with a single outcome.
@@ -164,6 +171,7 @@ def fit_outcome_model(
             progress=progress,
             negative_keep=negative_keep,
             offset_features=offset_features,
+            offset_members=offset_members,
         )["y"]
     p = _params(params, seed)
     report = FitReport()
@@ -247,6 +255,7 @@ def fit_outcome_models(
     progress: Callable[[str], None] | None = None,
     negative_keep: float | None = None,
     offset_features: Sequence[str] | None = None,
+    offset_members: int | None = None,
     side_job: Callable[[SideJobSignals], object] | None = None,
 ) -> dict[str, tuple[OutcomeScorer, FitReport]]:
     """Fit several outcomes (e.g. ``{"conversion": y_c, "churn": y_ch}``) on the same rows.
@@ -272,6 +281,12 @@ def fit_outcome_models(
     ``offset_features`` (``shared_offset`` only; default: every feature): the features the
     offset booster may split on besides the action (``training.effect_features``).
 
+    ``offset_members`` (``shared_offset`` only; default :data:`~training.offset_bagging.
+    OFFSET_MEMBERS`, 1): with more than one, the offset is the average of this many
+    boosters, the early-stopped one and ``offset_members - 1`` more for as many rounds,
+    each on its own negative subsample (``training/offset_bagging.py``), saved as one
+    booster; the calibration is then chosen on the average's validation scores.
+
     ``side_job``: other work to run before returning (``training.train`` passes the
     propensity model's fit; its result is the caller's to keep, e.g. a fitted object).  In
     ``single`` and ``shared_offset`` it waits in the pool for the first outcome to finish
@@ -295,6 +310,9 @@ def fit_outcome_models(
     keep = NEGATIVE_KEEP if negative_keep is None else negative_keep
     if offset_features is not None and formulation != "shared_offset":
         raise ValueError("offset_features applies to the shared_offset formulation only")
+    members = OFFSET_MEMBERS if offset_members is None else offset_members
+    if members < 1:
+        raise ValueError(f"offset_members must be at least 1, got {members}")
     if formulation not in ("single", "shared_offset"):
         if side_job is not None:
             # Alone, before the outcome models: every thread is free from the start.
@@ -332,6 +350,9 @@ def fit_outcome_models(
     # not depend on the thread count: tests/training/test_models_speed.py).
     threads = max(1, int(p["num_threads"]) // len(y_train))
     chains: dict[str, list[_Stage]] = {outcome: [] for outcome in y_train}
+    # shared_offset with a bag (training/offset_bagging.py): per outcome, the datasets of
+    # the members past the first.
+    more: dict[str, list[tuple[_Stage, RowSample]]] = {outcome: [] for outcome in y_train}
     if formulation == "shared_offset":
         for outcome in y_train:
             train, valid = shared.copy(rows[outcome], y_train[outcome], y_valid[outcome])
@@ -348,6 +369,12 @@ def fit_outcome_models(
         train, valid = shared.copy(rows[outcome], y_train[outcome], y_valid[outcome])
         stage = _Stage(key, {**with_action_params, "num_threads": threads}, train, valid)
         chains[outcome].append(stage)
+        for j in range(1, members if formulation == "shared_offset" else 1):
+            # Copied here, not in the chains' threads: copy() sets the shared labels.
+            sample = negative_sample(y_train[outcome], keep, member_seed(seed, j))
+            train, valid = shared.copy(sample, y_train[outcome], y_valid[outcome])
+            params_j = member_params(stage.params, seed, j)
+            more[outcome].append((_Stage(f"offset member {j}", params_j, train, valid), sample))
     del shared
     say(f"  datasets of each booster (action column added): {time.perf_counter() - started:.1f} s")
 
@@ -362,11 +389,18 @@ def fit_outcome_models(
                 errors.append(error)
                 signals.failed.set()
 
-    def fit_chain(outcome: str) -> tuple[dict[str, lgb.Booster], np.ndarray]:
+    def fit_chain(outcome: str) -> tuple[dict[str, lgb.Booster], np.ndarray, dict[str, int]]:
         try:
-            chain = _fit_chain(
+            boosters, raw_valid = _fit_chain(
                 chains[outcome], num_rounds, early_stopping, say, outcome, stop=signals.failed
             )
+            rounds = {k: b.best_iteration for k, b in boosters.items()}
+            if more[outcome]:
+                boosters["offset"], raw_valid = _bag_offset(
+                    boosters, raw_valid, chains[outcome][-1], more[outcome], X_train,
+                    say, outcome, stop=signals.failed,
+                )  # fmt: skip
+            chain = boosters, raw_valid, rounds
         except BaseException as error:
             failing(error)  # before this worker takes the queued side job
             raise
@@ -396,8 +430,8 @@ def fit_outcome_models(
     if side is not None:
         side.result()
     fitted = {}
-    for outcome, (boosters, raw_valid) in chained.items():
-        report = FitReport(best_iterations={k: b.best_iteration for k, b in boosters.items()})
+    for outcome, (boosters, raw_valid, rounds) in chained.items():
+        report = FitReport(best_iterations=rounds, offset_members=1 + len(more[outcome]))
         scorer = OutcomeScorer(formulation=formulation, actions=actions, boosters=boosters)
         scorer.calibration, report = _choose_calibration(raw_valid, y_valid[outcome], report, seed)
         fitted[outcome] = (scorer, report)
@@ -445,6 +479,44 @@ def _fit_chain(
         elapsed = time.perf_counter() - started
         say(f"  {outcome} {stage.key}: {booster.best_iteration} rounds, {elapsed:.1f} s")
     return boosters, valid_scores
+
+
+def _bag_offset(
+    boosters: dict[str, lgb.Booster],
+    raw_valid: np.ndarray,
+    first: _Stage,
+    more: list[tuple[_Stage, RowSample]],
+    X_train: np.ndarray,
+    say: Callable[[str], None],
+    outcome: str,
+    stop: threading.Event | None = None,
+) -> tuple[lgb.Booster, np.ndarray]:
+    """The shared offset as a bag (training/offset_bagging.py): ``boosters["offset"]``
+    (early-stopped on ``first``'s datasets) and one member per stage of ``more``, each for
+    as many rounds on its own negative sample, over the base's init scores.  Returns the
+    bag as one booster and its validation probabilities (the mean of the members'
+    log-odds; ``raw_valid``: the first member's)."""
+    started = time.perf_counter()
+    rounds = boosters["offset"].best_iteration
+    # The members' negative samples differ from the base's: score every training row.
+    threads = int(first.params["num_threads"])
+    base_raw = boosters["base"].predict(X_train, raw_score=True, num_threads=threads)
+    base_raw = np.asarray(base_raw, dtype=np.float64)
+    valid_init = first.valid.get_init_score()
+    members, logits = [boosters["offset"]], [_logit(raw_valid)]
+    for stage, sample in more:
+        stage.train.set_init_score(base_raw if sample.rows is None else base_raw[sample.rows])
+        stage.valid.set_init_score(valid_init)
+        callbacks = [] if stop is None else [StopWhenSet(stop, f"{outcome} {stage.key}")]
+        booster, valid_scores = train_member(
+            stage.params, stage.train, rounds, valid=stage.valid, callbacks=callbacks
+        )
+        assert valid_scores is not None
+        members.append(booster)
+        logits.append(_logit(valid_scores))
+    elapsed = time.perf_counter() - started
+    say(f"  {outcome} offset: {len(members)} members of {rounds} rounds, {elapsed:.1f} s")
+    return average_boosters(members), expit(np.mean(logits, axis=0))
 
 
 @dataclass(frozen=True)

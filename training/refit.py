@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from serving.scoring import OutcomeScorer
+from training.booster_average import average_boosters
 from training.datasets import TimeSplit
 from training.effect_features import offset_contributions
 from training.models import (
@@ -38,10 +39,12 @@ from training.models import (
     SHARED_BASE_PARAMS,
     SHARED_OFFSET_PARAMS,
     FitReport,
+    RowSample,
     _names,
     _params,
     negative_sample,
 )
+from training.offset_bagging import member_params, member_seed, train_member
 
 __all__ = ["REFIT_ROUNDS_MULTIPLIER", "pre_test_rows", "refit_outcomes", "refit_shared_offset"]
 
@@ -73,7 +76,8 @@ def refit_shared_offset(
     """The ``shared_offset`` scorer of one outcome refit on the rows ``rows`` (default:
     all) of ``X``, ``a`` (action codes), ``y``, with the rounds of ``report`` (the split
     fit's, see the module docstring) times :data:`REFIT_ROUNDS_MULTIPLIER`; same
-    parameters, negative subsample and offset features as
+    parameters, negative subsample, offset features and offset bag
+    (``report.offset_members`` boosters, training/offset_bagging.py) as
     :func:`training.models.fit_outcome_models`.  Uncalibrated.  ``rows`` spares the
     caller a copy of ``X`` (1.4 GB at 1M rows × 170 features)."""
     missing = {"base", "offset"} - set(report.best_iterations)
@@ -89,11 +93,10 @@ def refit_shared_offset(
     p = _params(params, seed)
     names = list(feature_names or _names(X.shape[1]))
     rows = np.arange(len(y)) if rows is None else rows
-    sample = negative_sample(
-        y[rows], NEGATIVE_KEEP if negative_keep is None else negative_keep, seed
-    )
-    rows = rows if sample.rows is None else rows[sample.rows]
-    Xs, ys, a_s = X[rows], y[rows], a[rows]
+    keep = NEGATIVE_KEEP if negative_keep is None else negative_keep
+    sample = negative_sample(y[rows], keep, seed)
+    rows_0 = rows if sample.rows is None else rows[sample.rows]
+    Xs, ys = X[rows_0], y[rows_0]
     base = lgb.train(
         {**p, **SHARED_BASE_PARAMS},
         lgb.Dataset(Xs, ys, weight=sample.weights, feature_name=names),
@@ -102,6 +105,34 @@ def refit_shared_offset(
     offset_params = {**p, **SHARED_OFFSET_PARAMS}
     if offset_features is not None:
         offset_params["feature_contri"] = offset_contributions(names, offset_features)
+    # Member 0 on the base's rows, as before bagging; the others each on their own
+    # negative sample (training/offset_bagging.py), one at a time: each is a copy of X.
+    members = [_fit_offset(offset_params, Xs, a[rows_0], ys, sample, base, rounds, names)]
+    del Xs
+    for j in range(1, report.offset_members):
+        sample_j = negative_sample(y[rows], keep, member_seed(seed, j))
+        rows_j = rows if sample_j.rows is None else rows[sample_j.rows]
+        params_j = member_params(offset_params, seed, j)
+        members.append(
+            _fit_offset(params_j, X[rows_j], a[rows_j], y[rows_j], sample_j, base, rounds, names)
+        )
+    offset = members[0] if len(members) == 1 else average_boosters(members)
+    return OutcomeScorer(
+        formulation="shared_offset", actions=actions, boosters={"base": base, "offset": offset}
+    )
+
+
+def _fit_offset(
+    params: Mapping[str, Any],
+    Xs: np.ndarray,
+    a_s: np.ndarray,
+    ys: np.ndarray,
+    sample: RowSample,
+    base: lgb.Booster,
+    rounds: Mapping[str, int],
+    names: list[str],
+) -> lgb.Booster:
+    """One offset booster on the rows ``Xs`` (a negative sample), over the base's scores."""
     with_action = lgb.Dataset(
         np.column_stack([Xs, a_s.astype(np.float64)]),
         ys,
@@ -110,10 +141,8 @@ def refit_shared_offset(
         feature_name=[*names, "action_code"],
         categorical_feature=[len(names)],
     )
-    offset = lgb.train(offset_params, with_action, rounds["offset"])
-    return OutcomeScorer(
-        formulation="shared_offset", actions=actions, boosters={"base": base, "offset": offset}
-    )
+    booster, _ = train_member(params, with_action, rounds["offset"])
+    return booster
 
 
 def refit_outcomes(

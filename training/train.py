@@ -44,6 +44,7 @@ from training.models import (
     SideJobSignals,
     fit_outcome_models,
 )
+from training.offset_bagging import OFFSET_MEMBERS
 from training.promotion import grade_policies
 from training.propensity import cross_fitted_distribution
 from training.refit import REFIT_ROUNDS_MULTIPLIER, pre_test_rows, refit_outcomes
@@ -72,6 +73,9 @@ class TrainConfig:
     #: (training.effect_features: attributes, channel rates, fatigue; the default, by
     #: measurement: docs/TRAINING.md) or ``all`` features.
     offset_features: Literal["all", "effects"] = "effects"
+    #: Boosters averaged in the shared offset, each on its own negative subsample
+    #: (training/offset_bagging.py; by measurement: docs/TRAINING.md); 1: one booster.
+    offset_members: int = OFFSET_MEMBERS
     #: ``pre-test``: once early stopping has chosen the rounds, refit the shared_offset
     #: boosters on every row decided before the test period (training/refit.py); the test
     #: figures stay out of sample.  ``none``: ship the split fit.
@@ -245,6 +249,7 @@ def fit_and_evaluate(
             feature_names=list(spec.feature_names),
             negative_keep=config.negative_keep,
             offset_features=_offset_features(config, formulation, spec),
+            offset_members=config.offset_members,
             side_job=None if i else fit_propensity,
             progress=progress,  # binning and each booster, as they finish
         )
