@@ -27,7 +27,7 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from serving.scoring import Calibration, Formulation, OutcomeScorer
 from training.booster_average import average_boosters
 from training.effect_features import offset_contributions
-from training.offset_bagging import OFFSET_MEMBERS, member_params, member_seed, train_member
+from training.offset_bagging import OFFSET_MEMBERS, member_params, member_seed
 from training.round_callbacks import StopWhenSet
 
 #: LightGBM defaults, chosen for ~100k–1M rows on 2 cores; overridable from the CLI.
@@ -507,11 +507,9 @@ def _bag_offset(
     for stage, sample in more:
         stage.train.set_init_score(base_raw if sample.rows is None else base_raw[sample.rows])
         stage.valid.set_init_score(valid_init)
-        callbacks = [] if stop is None else [StopWhenSet(stop, f"{outcome} {stage.key}")]
-        booster, valid_scores = train_member(
-            stage.params, stage.train, rounds, valid=stage.valid, callbacks=callbacks
+        booster, _train_scores, valid_scores = _boost(
+            stage.params, stage.train, stage.valid, rounds, None, stop
         )
-        assert valid_scores is not None
         members.append(booster)
         logits.append(_logit(valid_scores))
     elapsed = time.perf_counter() - started
@@ -559,7 +557,8 @@ def _scores_at_best_iteration(booster: lgb.Booster) -> tuple[np.ndarray, np.ndar
     them (LightGBM stops at ``best_iteration``), and rolling back subtracts their trees from
     the kept scores.  Equal to ``predict`` to ~1e-15 (tests/training/test_models_speed.py).
     """
-    while booster.current_iteration() > booster.best_iteration:
+    # (No best iteration, 0, when it trained without early stopping: every round is kept.)
+    while 0 < booster.best_iteration < booster.current_iteration():
         booster.rollback_one_iter()
     # Booster.__inner_predict (private, so mypy does not know it): LightGBM's scores of
     # dataset 0 (training) or 1 (the first validation set), converted by the objective
@@ -643,12 +642,24 @@ def _boost(
     train: lgb.Dataset,
     valid: lgb.Dataset,
     num_rounds: int,
-    early_stopping: int,
+    early_stopping: int | None,
     stop: threading.Event | None = None,
 ) -> tuple[lgb.Booster, np.ndarray, np.ndarray]:
-    """A booster with early stopping, and its probabilities of the training and the
-    validation rows at its best iteration (:func:`_scores_at_best_iteration`)."""
-    booster = _early_stopped(params, train, valid, num_rounds, early_stopping, keep=True, stop=stop)
+    """A booster with early stopping (``early_stopping`` None: ``num_rounds`` rounds, the
+    members of an offset bag), and its probabilities of the training and the validation
+    rows at its best iteration (:func:`_scores_at_best_iteration`)."""
+    if early_stopping is None:
+        callbacks: list[Callable[[lgb.callback.CallbackEnv], None]] = []
+        if stop is not None:
+            callbacks.append(StopWhenSet(stop, "outcome"))
+        booster = lgb.train(
+            dict(params), train, num_rounds, valid_sets=[valid], valid_names=["valid"],
+            callbacks=callbacks, keep_training_booster=True,
+        )  # fmt: skip
+    else:
+        booster = _early_stopped(
+            params, train, valid, num_rounds, early_stopping, keep=True, stop=stop
+        )
     train_scores, valid_scores = _scores_at_best_iteration(booster)
     # What lgb.train does without keep_training_booster: keep the model, release the
     # training state (its bins, gradients and scores).

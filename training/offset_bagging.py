@@ -26,13 +26,10 @@ ms of CPU per request in all for the serving target) and training four more offs
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import lightgbm as lgb
-import numpy as np
-
-__all__ = ["OFFSET_MEMBERS", "member_params", "member_seed", "train_member"]
+__all__ = ["OFFSET_MEMBERS", "member_params", "member_seed"]
 
 #: Boosters in the shared offset's bag by default: one, the early-stopped booster (see the
 #: module docstring for why).
@@ -52,33 +49,3 @@ def member_params(params: Mapping[str, Any], seed: int, member: int) -> dict[str
     """LightGBM parameters of member ``member``: ``params`` with the member's seed (from
     which LightGBM derives its bagging and feature-sampling seeds)."""
     return {**params, "seed": member_seed(seed, member)}
-
-
-def train_member(
-    params: Mapping[str, Any],
-    train: lgb.Dataset,
-    rounds: int,
-    *,
-    valid: lgb.Dataset | None = None,
-    callbacks: Sequence[Any] = (),
-) -> tuple[lgb.Booster, np.ndarray | None]:
-    """One member: ``rounds`` rounds on ``train`` (its rows, labels, weights and the base's
-    init scores already set), no early stopping.  With ``valid``, also the member's
-    probabilities of the validation rows (init scores included), which LightGBM kept
-    while training (no second prediction); the booster keeps only its trees."""
-    if valid is None:
-        return lgb.train(dict(params), train, rounds, callbacks=list(callbacks)), None
-    booster = lgb.train(
-        dict(params),
-        train,
-        rounds,
-        valid_sets=[valid],
-        valid_names=["valid"],
-        callbacks=list(callbacks),
-        keep_training_booster=True,
-    )
-    # Booster.__inner_predict, as training.models._scores_at_best_iteration reads it.
-    inner_predict = getattr(booster, "_Booster__inner_predict")  # noqa: B009
-    valid_scores = np.array(inner_predict(data_idx=1), dtype=np.float64)
-    booster.model_from_string(booster.model_to_string()).free_dataset()
-    return booster, valid_scores

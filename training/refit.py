@@ -44,7 +44,7 @@ from training.models import (
     _params,
     negative_sample,
 )
-from training.offset_bagging import member_params, member_seed, train_member
+from training.offset_bagging import member_params, member_seed
 
 __all__ = ["REFIT_ROUNDS_MULTIPLIER", "pre_test_rows", "refit_outcomes", "refit_shared_offset"]
 
@@ -141,8 +141,7 @@ def _fit_offset(
         feature_name=[*names, "action_code"],
         categorical_feature=[len(names)],
     )
-    booster, _ = train_member(params, with_action, rounds["offset"])
-    return booster
+    return lgb.train(dict(params), with_action, rounds["offset"])
 
 
 def refit_outcomes(
