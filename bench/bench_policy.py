@@ -17,6 +17,8 @@ correlation across customers.  ``--conversion-label before_send`` (and ``--churn
 fit the models on the labels stopped at the next send (``training/labels.py``);
 ``--offset-features`` says what the shared offset booster may split on (by default, as in
 ``touchpoint train``, only ``training.effect_features``; ``all``: every feature),
+``--offset-interactions`` how its trees may combine them (by default, as in ``touchpoint
+train``, ``pairwise``: the action and one other feature per branch; ``free``),
 ``--offset-members`` how many boosters its bag averages (``training/offset_bagging.py``), and
 ``--refit all`` (or ``--refit-all``) refits it on every labelled row and ``--refit pre-test``
 on the rows before the test period, as ``touchpoint train --refit pre-test`` does
@@ -101,6 +103,13 @@ def main() -> None:
         "as in touchpoint train) or every feature",
     )
     parser.add_argument(
+        "--offset-interactions",
+        choices=("pairwise", "free"),
+        default="pairwise",
+        help="shared_offset: each branch of an offset tree splits on the action and one "
+        "other feature (pairwise, the default, as in touchpoint train) or on any (free)",
+    )
+    parser.add_argument(
         "--offset-members",
         type=int,
         default=OFFSET_MEMBERS,
@@ -170,13 +179,15 @@ def main() -> None:
         names = list(spec.feature_names)
         restrict = args.offset_features == "effects" and formulation == "shared_offset"
         offset_features = effect_features(names) if restrict else None
+        shared = formulation == "shared_offset"
+        interactions = args.offset_interactions if shared else "free"
         for target in targets:
             y = labels[target].to_numpy(dtype=np.float64)
             scorer, report = fit_outcome_model(
                 X[tr], codes[tr], y[tr], X[va], codes[va], y[va],
                 actions=actions, formulation=formulation,  # type: ignore[arg-type]
                 feature_names=names, seed=args.seed, offset_features=offset_features,
-                offset_members=args.offset_members,
+                offset_members=args.offset_members, offset_interactions=interactions,
             )  # fmt: skip
             refit = "all" if args.refit_all else args.refit
             if refit != "none" and formulation == "shared_offset":
@@ -187,6 +198,7 @@ def main() -> None:
                 refitted = refit_shared_offset(
                     X[rows_], codes[rows_], y[rows_], report, actions=actions, seed=args.seed,
                     feature_names=names, offset_features=offset_features,
+                    offset_interactions=interactions,
                 )  # fmt: skip
                 if refit == "pre-test":  # as touchpoint train --refit pre-test does
                     refitted.calibration = scorer.calibration

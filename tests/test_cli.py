@@ -253,6 +253,15 @@ def test_train_offset_members_reach_the_config(
     assert "--offset-members" in capsys.readouterr().err
 
 
+def test_train_offset_interactions_reach_the_config() -> None:
+    args = build_parser().parse_args(
+        ["train", "--events", "e.csv", "--offset-interactions", "free"]
+    )
+    assert train_config(args).offset_interactions == "free"
+    default = build_parser().parse_args(["train", "--events", "e.csv"])
+    assert train_config(default).offset_interactions == "pairwise"
+
+
 def test_train_offset_features_reach_the_config() -> None:
     args = build_parser().parse_args(["train", "--events", "e.csv", "--offset-features", "all"])
     assert train_config(args).offset_features == "all"

@@ -390,6 +390,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         max_train_rows=args.max_train_rows,
         **({} if args.negative_keep is None else {"negative_keep": args.negative_keep}),
         offset_features=args.offset_features,
+        offset_interactions=args.offset_interactions,
         **({} if args.offset_members is None else {"offset_members": args.offset_members}),
         refit=args.refit,
     )
@@ -1038,13 +1039,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(default; training/effect_features.py; docs/TRAINING.md), or every feature",
     )
     p.add_argument(
+        "--offset-interactions",
+        choices=("pairwise", "free"),
+        default="pairwise",
+        help="how the shared_offset formulation's offset trees may combine features: "
+        "pairwise (default): each branch splits on the action and one other feature, an "
+        "additive effect per action; free: any combination (training/effect_features.py; "
+        "docs/TRAINING.md)",
+    )
+    p.add_argument(
         "--offset-members",
         type=positive,
         default=None,
         help="boosters averaged in the shared_offset formulation's offset, each on its own "
         "negative subsample (default: training.offset_bagging.OFFSET_MEMBERS, 1; 5 gained "
-        "~0.02 oracle fraction on the simulator for 5x the offset's trees in every request; "
-        "docs/TRAINING.md)",
+        "~0.01 oracle fraction on the simulator with pairwise offset trees, for 5x the "
+        "offset's trees in every request; docs/TRAINING.md)",
     )
     p.add_argument(
         "--refit",

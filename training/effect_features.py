@@ -15,13 +15,35 @@ rose from 0.32 to 0.45.  So it is the default of ``touchpoint train`` (``TrainCo
 offset_features``); ``--offset-features all`` gives the offset every feature.  It is a
 modelling assumption (the effects depend on who the customer is and how each channel lands
 with them, not on everything the history holds), chosen on the simulator.
+
+*Pairwise* interactions (``--offset-interactions pairwise``, the default): every branch of
+an offset tree may split on the action and on one other feature only, through LightGBM's
+``interaction_constraints``, so the offset is a sum over the effect features of how each
+action's effect varies with that feature (an additive model per action).  Free trees of
+15 leaves spend their splits on three- and four-way combinations of attributes, rates and
+fatigue that each action's training rows cannot pin down (on the default world 2,700 to
+27,000 per action, 400 to 4,400 of them conversions), so what they say about *whom* an
+action works on is mostly noise: there, their per-customer conversion effects correlated
+−0.22 to +0.31 with the truth's, per action (pairwise: −0.15 to +0.39).  Measured with
+``bench/bench_policy.py --offset-interactions pairwise|free`` (docs/TRAINING.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Literal
 
-__all__ = ["EFFECT_HISTORY", "effect_features", "offset_contributions"]
+__all__ = [
+    "EFFECT_HISTORY",
+    "OffsetInteractions",
+    "effect_features",
+    "offset_contributions",
+    "offset_interaction_constraints",
+    "offset_params",
+]
+
+#: How the offset booster's trees may combine features (module docstring).
+OffsetInteractions = Literal["pairwise", "free"]
 
 #: History features the effects may depend on: recent sends (fatigue) and whether the
 #: customer is still there.
@@ -59,3 +81,42 @@ def offset_contributions(feature_names: Sequence[str], allowed: Sequence[str]) -
         raise ValueError(f"offset features not in the feature spec: {unknown}")
     keep = set(allowed)
     return [1.0 if name in keep else 0.0 for name in names] + [1.0]  # the action: always
+
+
+def offset_interaction_constraints(
+    feature_names: Sequence[str], allowed: Sequence[str] | None
+) -> list[list[int]]:
+    """LightGBM's ``interaction_constraints`` for a booster on ``[X, action]`` whose branches
+    may split on the action and one of ``allowed`` (None: any feature) only: one set
+    ``[feature, action]`` per allowed feature, by column index.  LightGBM never splits on a
+    feature that is in no set.
+
+    Raises ValueError for an allowed name that is not a feature.
+    """
+    names = list(feature_names)
+    if allowed is None:
+        columns = list(range(len(names)))
+    else:
+        offset_contributions(names, allowed)  # the same check of the names
+        keep = set(allowed)
+        columns = [i for i, name in enumerate(names) if name in keep]
+    action = len(names)  # the action code is the last column
+    return [[i, action] for i in columns]
+
+
+def offset_params(
+    feature_names: Sequence[str],
+    allowed: Sequence[str] | None,
+    interactions: OffsetInteractions,
+) -> dict[str, Any]:
+    """The LightGBM parameters that restrict the offset booster on ``[X, action]`` to
+    ``allowed`` features (None: every feature) combined as ``interactions`` says; added to
+    its other parameters by the fit and by the refit alike."""
+    if interactions not in ("pairwise", "free"):
+        raise ValueError(f"offset interactions must be pairwise or free, got {interactions!r}")
+    params: dict[str, Any] = {}
+    if allowed is not None:
+        params["feature_contri"] = offset_contributions(feature_names, allowed)
+    if interactions == "pairwise":
+        params["interaction_constraints"] = offset_interaction_constraints(feature_names, allowed)
+    return params

@@ -26,7 +26,7 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from serving.scoring import Calibration, Formulation, OutcomeScorer
 from training.booster_average import average_boosters
-from training.effect_features import offset_contributions
+from training.effect_features import OffsetInteractions, offset_params
 from training.offset_bagging import OFFSET_MEMBERS, member_params, member_seed
 from training.round_callbacks import StopWhenSet
 
@@ -144,13 +144,14 @@ def fit_outcome_model(
     negative_keep: float | None = None,
     offset_features: Sequence[str] | None = None,
     offset_members: int | None = None,
+    offset_interactions: OffsetInteractions = "free",
 ) -> tuple[OutcomeScorer, FitReport]:
     """Fit one outcome (conversion or churn) for every action, then decide on calibration.
 
     ``a_*`` are action codes (index into ``actions``; ``none`` is 0).  ``single`` and
     ``shared_offset`` are :func:`fit_outcome_models` with one outcome (``negative_keep``,
-    ``offset_features`` and ``offset_members``: see there); ``offset`` and ``per_action``
-    train on every row.
+    ``offset_features``, ``offset_members`` and ``offset_interactions``: see there);
+    ``offset`` and ``per_action`` train on every row.
     """
     if formulation in ("single", "shared_offset"):
         # One code path for these two: fit_outcome_models with a single outcome.
@@ -172,7 +173,10 @@ def fit_outcome_model(
             negative_keep=negative_keep,
             offset_features=offset_features,
             offset_members=offset_members,
+            offset_interactions=offset_interactions,
         )["y"]
+    if offset_features is not None or offset_interactions != "free":
+        raise ValueError("offset_features and offset_interactions apply to shared_offset only")
     p = _params(params, seed)
     report = FitReport()
     boosters: dict[str, lgb.Booster] = {}
@@ -256,6 +260,7 @@ def fit_outcome_models(
     negative_keep: float | None = None,
     offset_features: Sequence[str] | None = None,
     offset_members: int | None = None,
+    offset_interactions: OffsetInteractions = "free",
     side_job: Callable[[SideJobSignals], object] | None = None,
 ) -> dict[str, tuple[OutcomeScorer, FitReport]]:
     """Fit several outcomes (e.g. ``{"conversion": y_c, "churn": y_ch}``) on the same rows.
@@ -280,6 +285,9 @@ def fit_outcome_models(
 
     ``offset_features`` (``shared_offset`` only; default: every feature): the features the
     offset booster may split on besides the action (``training.effect_features``).
+    ``offset_interactions`` (``shared_offset`` only): ``pairwise`` lets each branch of an
+    offset tree split on the action and one other feature only; ``free`` (the default
+    here; ``touchpoint train``'s is ``pairwise``) does not restrict them.
 
     ``offset_members`` (``shared_offset`` only; default :data:`~training.offset_bagging.
     OFFSET_MEMBERS`, 1): with more than one, the offset is the average of this many
@@ -310,6 +318,8 @@ def fit_outcome_models(
     keep = NEGATIVE_KEEP if negative_keep is None else negative_keep
     if offset_features is not None and formulation != "shared_offset":
         raise ValueError("offset_features applies to the shared_offset formulation only")
+    if offset_interactions != "free" and formulation != "shared_offset":
+        raise ValueError("offset_interactions applies to the shared_offset formulation only")
     members = OFFSET_MEMBERS if offset_members is None else offset_members
     if members < 1:
         raise ValueError(f"offset_members must be at least 1, got {members}")
@@ -358,10 +368,9 @@ def fit_outcome_models(
             train, valid = shared.copy(rows[outcome], y_train[outcome], y_valid[outcome])
             base_params = {**p, **SHARED_BASE_PARAMS, "num_threads": threads}
             chains[outcome].append(_Stage("base", base_params, train, valid))
-        key, with_action_params = "offset", {**p, **SHARED_OFFSET_PARAMS}
-        if offset_features is not None:
-            contri = offset_contributions(names, offset_features)
-            with_action_params["feature_contri"] = contri
+        key = "offset"
+        restrict = offset_params(names, offset_features, offset_interactions)
+        with_action_params = {**p, **SHARED_OFFSET_PARAMS, **restrict}
     else:
         key, with_action_params = "all", p
     shared.add_action(a_train, a_valid, with_action_params)

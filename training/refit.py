@@ -33,7 +33,7 @@ import pandas as pd
 from serving.scoring import OutcomeScorer
 from training.booster_average import average_boosters
 from training.datasets import TimeSplit
-from training.effect_features import offset_contributions
+from training.effect_features import OffsetInteractions, offset_params
 from training.models import (
     NEGATIVE_KEEP,
     SHARED_BASE_PARAMS,
@@ -71,12 +71,13 @@ def refit_shared_offset(
     feature_names: Sequence[str] | None = None,
     negative_keep: float | None = None,
     offset_features: Sequence[str] | None = None,
+    offset_interactions: OffsetInteractions = "free",
     rows: np.ndarray | None = None,
 ) -> OutcomeScorer:
     """The ``shared_offset`` scorer of one outcome refit on the rows ``rows`` (default:
     all) of ``X``, ``a`` (action codes), ``y``, with the rounds of ``report`` (the split
     fit's, see the module docstring) times :data:`REFIT_ROUNDS_MULTIPLIER`; same
-    parameters, negative subsample, offset features and offset bag
+    parameters, negative subsample, offset features and interactions, and offset bag
     (``report.offset_members`` boosters, training/offset_bagging.py) as
     :func:`training.models.fit_outcome_models`.  Uncalibrated.  ``rows`` spares the
     caller a copy of ``X`` (1.4 GB at 1M rows × 170 features)."""
@@ -102,17 +103,16 @@ def refit_shared_offset(
         lgb.Dataset(Xs, ys, weight=sample.weights, feature_name=names),
         rounds["base"],
     )
-    offset_params = {**p, **SHARED_OFFSET_PARAMS}
-    if offset_features is not None:
-        offset_params["feature_contri"] = offset_contributions(names, offset_features)
+    restrict = offset_params(names, offset_features, offset_interactions)
+    params_0 = {**p, **SHARED_OFFSET_PARAMS, **restrict}
     # Member 0 on the base's rows, as before bagging; the others each on their own
     # negative sample (training/offset_bagging.py), one at a time: each is a copy of X.
-    members = [_fit_offset(offset_params, Xs, a[rows_0], ys, sample, base, rounds, names)]
+    members = [_fit_offset(params_0, Xs, a[rows_0], ys, sample, base, rounds, names)]
     del Xs
     for j in range(1, report.offset_members):
         sample_j = negative_sample(y[rows], keep, member_seed(seed, j))
         rows_j = rows if sample_j.rows is None else rows[sample_j.rows]
-        params_j = member_params(offset_params, seed, j)
+        params_j = member_params(params_0, seed, j)
         members.append(
             _fit_offset(params_j, X[rows_j], a[rows_j], y[rows_j], sample_j, base, rounds, names)
         )

@@ -25,7 +25,7 @@ from serving.bundle import load_bundle, save_bundle
 from serving.engine import DecisionEngine
 from serving.scoring import Formulation, OutcomeScorer
 from training.datasets import TimeSplit, make_time_split
-from training.effect_features import effect_features
+from training.effect_features import OffsetInteractions, effect_features
 from training.evaluation import (
     LoggedRounds,
     choose_best_single_action,
@@ -73,6 +73,10 @@ class TrainConfig:
     #: (training.effect_features: attributes, channel rates, fatigue; the default, by
     #: measurement: docs/TRAINING.md) or ``all`` features.
     offset_features: Literal["all", "effects"] = "effects"
+    #: How the shared offset booster's trees may combine its features: ``pairwise`` (each
+    #: branch splits on the action and one other feature: an additive effect per action;
+    #: the default, by measurement: docs/TRAINING.md) or ``free``.
+    offset_interactions: OffsetInteractions = "pairwise"
     #: Boosters averaged in the shared offset, each on its own negative subsample
     #: (training/offset_bagging.py; by measurement: docs/TRAINING.md); 1: one booster.
     offset_members: int = OFFSET_MEMBERS
@@ -113,6 +117,11 @@ def _offset_features(config: TrainConfig, formulation: str, spec: FeatureSpec) -
     if config.offset_features == "all" or formulation != "shared_offset":
         return None
     return effect_features(spec.feature_names)
+
+
+def _offset_interactions(config: TrainConfig, formulation: str) -> OffsetInteractions:
+    """The offset booster's interactions, for the formulations that have one."""
+    return config.offset_interactions if formulation == "shared_offset" else "free"
 
 
 def feature_spec_for(
@@ -250,6 +259,7 @@ def fit_and_evaluate(
             negative_keep=config.negative_keep,
             offset_features=_offset_features(config, formulation, spec),
             offset_members=config.offset_members,
+            offset_interactions=_offset_interactions(config, formulation),
             side_job=None if i else fit_propensity,
             progress=progress,  # binning and each booster, as they finish
         )
@@ -376,6 +386,7 @@ def _refit_before_test(
         feature_names=list(spec.feature_names),
         negative_keep=config.negative_keep,
         offset_features=_offset_features(config, "shared_offset", spec),
+        offset_interactions=config.offset_interactions,
     )
     for scorer, (target, new) in zip(split_fit, refitted.items(), strict=True):
         new.calibration = scorer.calibration
