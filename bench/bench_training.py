@@ -242,8 +242,7 @@ def effect_stand_ins(names: list[str]) -> list[str]:
     (its action effects live in rates, as the simulator's live in the channel open and click
     rates), ``count_3`` and the last ``code_*`` column (the other inputs of its effects).
     44 of 170 columns, against 28 of 173 for ``touchpoint train`` on the default catalog: if
-    anything the benchmark's offset reads more columns, and pays for more histograms, than
-    the real one."""
+    anything the benchmark's offset has more columns to choose from than the real one."""
     codes = [name for name in names if name.startswith("code_")]
     keep = {name for name in names if name.startswith("rate_")} | {"count_3", codes[-1]}
     return [name for name in names if name in keep]
