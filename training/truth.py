@@ -37,11 +37,7 @@ def simulated_truth(
 
     Returns the metrics (``truth.*``) and the per-customer choices with their true values.
     """
-    as_of = pd.Timestamp(ground_truth["as_of"].iloc[0])
-    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
-    campaign = as_of.normalize() + pd.Timedelta(hours=CAMPAIGN_HOUR)
-    if campaign < as_of:
-        campaign += pd.Timedelta(days=1)
+    campaign = campaign_moment(ground_truth)
     ids = list(pd.unique(ground_truth["customer_id"].astype(str)))
     batch = recommend_batch(engine, events, customers, campaign, ids=ids, top_k=1)
     wide = expected_values(ground_truth, catalog.to_dict()).reindex(ids)
@@ -84,6 +80,17 @@ def simulated_truth(
         {"customer_id": ids, "action": chosen, "true_value": model_v, "oracle_value": oracle_v}
     )
     return metrics, choices
+
+
+def campaign_moment(ground_truth: pd.DataFrame) -> pd.Timestamp:
+    """When the campaign the truth is scored on goes out: :data:`CAMPAIGN_HOUR` UTC on the
+    last day of the history, or on the day after if the history ends later that day."""
+    as_of = pd.Timestamp(ground_truth["as_of"].iloc[0])
+    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
+    campaign = as_of.normalize() + pd.Timedelta(hours=CAMPAIGN_HOUR)
+    if campaign < as_of:
+        campaign += pd.Timedelta(days=1)
+    return campaign
 
 
 def _values_of(
