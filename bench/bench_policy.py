@@ -13,7 +13,8 @@ prints, per formulation, the oracle fraction ``(V(policy) - V(none)) / (V(oracle
 V(none))``, the seconds spent fitting, and the action mix, next to the best single action
 and the attribute policy computed from the ground truth itself; then, per action, the mean
 estimated and true effect on P(conversion) and P(churn) against no action and their
-correlation across customers.  ``--conversion-label before_send`` (and ``--churn-label``)
+correlation across customers, and the oracle fraction the policy would reach with some
+of its effects taken from the truth (where it loses value).  ``--conversion-label before_send`` (and ``--churn-label``)
 fit the models on the labels stopped at the next send (``training/labels.py``);
 ``--offset-features`` says what the shared offset booster may split on (by default, as in
 ``touchpoint train``, only ``training.effect_features``; ``all``: every feature),
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -47,6 +49,7 @@ from features.catalog import load_catalog  # noqa: E402
 from features.ingest import read_customers, read_events  # noqa: E402
 from features.pipeline import build_feature_table  # noqa: E402
 from features.schema import NO_ACTION  # noqa: E402
+from serving.batch import BatchResult, recommend_batch  # noqa: E402
 from serving.bundle import Bundle  # noqa: E402
 from serving.engine import DecisionEngine  # noqa: E402
 from training.datasets import make_time_split  # noqa: E402
@@ -67,8 +70,9 @@ from training.simulator import (  # noqa: E402
     simulate,
     write_simulation,
 )
+from training.simulator_eval import expected_values  # noqa: E402
 from training.train import TrainConfig, feature_spec_for  # noqa: E402
-from training.truth import simulated_truth  # noqa: E402
+from training.truth import campaign_moment, simulated_truth  # noqa: E402
 
 
 def main() -> None:
@@ -213,7 +217,9 @@ def main() -> None:
             engine, events, customers, truth, catalog, best_single=NO_ACTION
         )
         mix = chosen["action"].value_counts(normalize=True).head(4)
-        effect_table = _effects(engine, events, customers, truth)
+        batch = _campaign_batch(engine, events, customers, truth)
+        effect_table = _effects(engine, batch, truth)
+        swaps = _swapped_effects(engine, batch, truth, catalog.to_dict())
         rows.append((formulation, metrics["truth.oracle_fraction.model"], fit_s))
         print(
             f"{formulation:34s} oracle fraction {metrics['truth.oracle_fraction.model']:.3f}"
@@ -222,42 +228,114 @@ def main() -> None:
         )
         print("  mean effect on P(conversion) and P(churn) against no action, estimated vs true:")
         print(effect_table.to_string(float_format=lambda v: f"{v:+.4f}"))
+        print("  oracle fraction if the policy chose with some effects taken from the truth:")
+        for label, fraction in swaps.items():
+            print(f"    {label:62s} {fraction:.3f}")
     print("\nformulation      oracle_fraction  fit_seconds")
     for formulation, fraction, fit_s in rows:
         print(f"{formulation:16s} {fraction:15.3f}  {fit_s:11.0f}")
 
 
-def _effects(
-    engine: DecisionEngine,
-    events: pd.DataFrame,
-    customers: pd.DataFrame,
-    truth: pd.DataFrame,
-) -> pd.DataFrame:
+def _campaign_batch(
+    engine: DecisionEngine, events: pd.DataFrame, customers: pd.DataFrame, truth: pd.DataFrame
+) -> BatchResult:
+    """The engine's scores of the held-out customers at the truth's campaign moment (as
+    ``training.truth.simulated_truth`` scores them), in the truth's customer order."""
+    ids = list(pd.unique(truth["customer_id"].astype(str)))
+    moment = campaign_moment(truth)
+    return recommend_batch(engine, events, customers, moment, ids=ids, top_k=1)
+
+
+def _true_effects(truth: pd.DataFrame, actions: tuple[str, ...], outcome: str) -> np.ndarray:
+    """``(customers, actions)``: the truth's P(outcome) of each action minus no action's, in
+    the truth's customer order (NaN where the truth has no value)."""
+    ids = list(pd.unique(truth["customer_id"].astype(str)))
+    wide = truth.assign(customer_id=truth["customer_id"].astype(str)).pivot(
+        index="customer_id", columns="action", values=f"p_{outcome}"
+    )
+    p = wide.reindex(index=ids, columns=list(actions)).to_numpy(dtype=np.float64)
+    return p - p[:, [0]]
+
+
+def _effects(engine: DecisionEngine, batch: BatchResult, truth: pd.DataFrame) -> pd.DataFrame:
     """Per action: the model's and the truth's mean change in P(conversion) vs no action,
     and how well the model ranks customers by it (correlation across customers); the same
     for P(churn) (``churn_*`` columns)."""
-    from serving.batch import recommend_batch
-    from training.truth import CAMPAIGN_HOUR
-
-    as_of = pd.Timestamp(truth["as_of"].iloc[0])
-    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
-    ids = list(pd.unique(truth["customer_id"].astype(str)))
-    campaign = as_of.normalize() + pd.Timedelta(hours=CAMPAIGN_HOUR)
-    batch = recommend_batch(engine, events, customers, campaign, ids=ids, top_k=1)
     rows: dict[str, dict[str, float]] = {}
     for outcome, prefix in (("conversion", ""), ("churn", "churn_")):
         estimated = getattr(batch.scored, f"p_{outcome}")
-        p_true = truth.pivot(index="customer_id", columns="action", values=f"p_{outcome}")
-        p_true = p_true.reindex(ids)
+        true_effects = _true_effects(truth, engine.actions, outcome)
         for code, action in enumerate(engine.actions[1:], start=1):
             est = estimated[:, code] - estimated[:, 0]
-            true = (p_true[action] - p_true[NO_ACTION]).to_numpy()
+            true = true_effects[:, code]
             corr = float(np.corrcoef(est, true)[0, 1]) if est.std() > 0 else 0.0
             rows.setdefault(action, {}).update(
                 {f"{prefix}estimated": est.mean(), f"{prefix}true": true.mean(),
                  f"{prefix}correlation": corr}
             )  # fmt: skip
     return pd.DataFrame(rows).T
+
+
+def _swapped_effects(
+    engine: DecisionEngine, batch: BatchResult, truth: pd.DataFrame, catalog: dict[str, Any]
+) -> dict[str, float]:
+    """Where the policy loses value: its oracle fraction when it chooses, among the actions
+    the engine allows, by ``conversion_value * Δp_conversion - churn_cost * Δp_churn -
+    cost`` with some of the effects (Δ against no action) taken from the truth instead of
+    the model.  "Mean" effects are each action's true mean over the customers it may go
+    to, the same for everyone.  The first line repeats the engine's own figure (its ranking
+    is that formula); a choice the truth says cannot be delivered is worth no action, as in
+    ``simulated_truth``."""
+    objective = catalog.get("objective") or {}
+    value, churn_cost = float(objective["conversion_value"]), float(objective["churn_cost"])
+    costs = {str(a["id"]): float(a.get("cost", 0.0)) for a in catalog["actions"]}
+    cost = np.array([costs.get(a, 0.0) for a in engine.actions])
+    worth = expected_values(truth, catalog).reindex(
+        index=list(pd.unique(truth["customer_id"].astype(str))), columns=list(engine.actions)
+    )
+    raw = worth.to_numpy(dtype=np.float64)  # NaN: the truth says it cannot be delivered
+    worth_v = np.where(np.isnan(raw), raw[:, [0]], raw)
+    allowed = batch.scored.eligible.copy()
+    allowed[:, 0] = True
+    none_v = worth_v[:, 0].mean()
+    # The oracle chooses among what the truth says can be delivered, as in simulated_truth.
+    gap = np.where(np.isnan(raw), -np.inf, raw).max(axis=1).mean() - none_v
+    scored = batch.scored
+    model = {
+        "conversion": scored.p_conversion - scored.p_conversion[:, [0]],
+        "churn": scored.p_churn - scored.p_churn[:, [0]],
+    }
+    true = {o: _true_effects(truth, engine.actions, o) for o in ("conversion", "churn")}
+    # Customers the truth has no value for (an action it says cannot be delivered): 0.
+    true = {o: np.nan_to_num(t) for o, t in true.items()}
+    mean = {
+        o: np.broadcast_to(
+            np.array([t[allowed[:, j], j].mean() for j in range(t.shape[1])]), t.shape
+        )
+        for o, t in true.items()
+    }
+
+    def fraction(conversion: np.ndarray, churn: np.ndarray) -> float:
+        score = value * conversion - churn_cost * churn - cost[None, :]
+        score[:, 0] = 0.0
+        chosen = np.argmax(np.where(allowed, score, -np.inf), axis=1)
+        return float((worth_v[np.arange(len(chosen)), chosen].mean() - none_v) / gap)
+
+    return {
+        "the model's effects (the engine's choice)": fraction(model["conversion"], model["churn"]),
+        "true conversion effects, the model's churn effects": fraction(
+            true["conversion"], model["churn"]
+        ),
+        "the model's conversion effects, true churn effects": fraction(
+            model["conversion"], true["churn"]
+        ),
+        "each action's true mean effects, for everyone": fraction(
+            mean["conversion"], mean["churn"]
+        ),
+        "true conversion effects, each action's true mean churn effect": fraction(
+            true["conversion"], mean["churn"]
+        ),
+    }
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ action's effect varies with that feature (an additive model per action).  Free t
 fatigue that each action's training rows cannot pin down (on the default world 2,700 to
 27,000 per action, 400 to 4,400 of them conversions), so what they say about *whom* an
 action works on is mostly noise: there, their per-customer conversion effects correlated
-−0.22 to +0.31 with the truth's, per action (pairwise: −0.15 to +0.39).  Measured with
+−0.19 to +0.30 with the truth's, per action (pairwise: −0.16 to +0.49).  Measured with
 ``bench/bench_policy.py --offset-interactions pairwise|free`` (docs/TRAINING.md): the mean
 oracle fraction rose by 0.04 over nine (world, LightGBM seed) pairs and by 0.03 over
 fifteen (better on 11), though by only 0.009 on the six of two worlds found afterwards.
