@@ -308,12 +308,15 @@ def _swapped_effects(
     true = {o: _true_effects(truth, engine.actions, o) for o in ("conversion", "churn")}
     # Customers the truth has no value for (an action it says cannot be delivered): 0.
     true = {o: np.nan_to_num(t) for o, t in true.items()}
-    mean = {
-        o: np.broadcast_to(
-            np.array([t[allowed[:, j], j].mean() for j in range(t.shape[1])]), t.shape
-        )
-        for o, t in true.items()
-    }
+
+    def per_action_mean(t: np.ndarray) -> np.ndarray:
+        """Each action's mean over the customers it may go to (0 if it may go to none)."""
+        means = [
+            t[allowed[:, j], j].mean() if allowed[:, j].any() else 0.0 for j in range(t.shape[1])
+        ]
+        return np.broadcast_to(np.array(means), t.shape)
+
+    mean = {o: per_action_mean(t) for o, t in true.items()}
 
     def fraction(conversion: np.ndarray, churn: np.ndarray) -> float:
         score = value * conversion - churn_cost * churn - cost[None, :]
