@@ -52,6 +52,8 @@ from features.schema import NO_ACTION  # noqa: E402
 from serving.batch import BatchResult, recommend_batch  # noqa: E402
 from serving.bundle import Bundle  # noqa: E402
 from serving.engine import DecisionEngine  # noqa: E402
+from serving.policy import expected_values as action_values  # noqa: E402
+from serving.policy import greedy  # noqa: E402
 from training.datasets import make_time_split  # noqa: E402
 from training.effect_features import effect_features  # noqa: E402
 from training.labels import (  # noqa: E402
@@ -280,16 +282,12 @@ def _swapped_effects(
     engine: DecisionEngine, batch: BatchResult, truth: pd.DataFrame, catalog: dict[str, Any]
 ) -> dict[str, float]:
     """Where the policy loses value: its oracle fraction when it chooses, among the actions
-    the engine allows, by ``conversion_value * Δp_conversion - churn_cost * Δp_churn -
-    cost`` with some of the effects (Δ against no action) taken from the truth instead of
-    the model.  "Mean" effects are each action's true mean over the customers it may go
-    to, the same for everyone.  The first line repeats the engine's own figure (its ranking
-    is that formula); a choice the truth says cannot be delivered is worth no action, as in
+    the engine allows and by the engine's own expected values and greedy choice
+    (``serving.policy``), with some of the effects (Δ against no action) taken from the
+    truth instead of the model.  "Mean" effects are each action's true mean over the
+    customers it may go to, the same for everyone.  The first line repeats the engine's
+    own figure; a choice the truth says cannot be delivered is worth no action, as in
     ``simulated_truth``."""
-    objective = catalog.get("objective") or {}
-    value, churn_cost = float(objective["conversion_value"]), float(objective["churn_cost"])
-    costs = {str(a["id"]): float(a.get("cost", 0.0)) for a in catalog["actions"]}
-    cost = np.array([costs.get(a, 0.0) for a in engine.actions])
     worth = expected_values(truth, catalog).reindex(
         index=list(pd.unique(truth["customer_id"].astype(str))), columns=list(engine.actions)
     )
@@ -319,9 +317,11 @@ def _swapped_effects(
     mean = {o: per_action_mean(t) for o, t in true.items()}
 
     def fraction(conversion: np.ndarray, churn: np.ndarray) -> float:
-        score = value * conversion - churn_cost * churn - cost[None, :]
-        score[:, 0] = 0.0
-        chosen = np.argmax(np.where(allowed, score, -np.inf), axis=1)
+        scores = action_values(
+            conversion, churn, engine.costs,
+            conversion_value=engine.conversion_value, churn_cost=engine.churn_cost,
+        )  # fmt: skip
+        chosen = greedy(scores, allowed)
         return float((worth_v[np.arange(len(chosen)), chosen].mean() - none_v) / gap)
 
     return {
