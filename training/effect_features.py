@@ -77,12 +77,8 @@ def offset_contributions(feature_names: Sequence[str], allowed: Sequence[str]) -
 
     Raises ValueError for an allowed name that is not a feature.
     """
-    names = list(feature_names)
-    unknown = sorted(set(allowed) - set(names))
-    if unknown:
-        raise ValueError(f"offset features not in the feature spec: {unknown}")
-    keep = set(allowed)
-    return [1.0 if name in keep else 0.0 for name in names] + [1.0]  # the action: always
+    keep = _allowed(feature_names, allowed)
+    return [1.0 if name in keep else 0.0 for name in feature_names] + [1.0]  # the action: always
 
 
 def offset_interaction_constraints(
@@ -96,14 +92,17 @@ def offset_interaction_constraints(
     Raises ValueError for an allowed name that is not a feature.
     """
     names = list(feature_names)
-    if allowed is None:
-        columns = list(range(len(names)))
-    else:
-        offset_contributions(names, allowed)  # the same check of the names
-        keep = set(allowed)
-        columns = [i for i, name in enumerate(names) if name in keep]
+    keep = set(names) if allowed is None else _allowed(names, allowed)
     action = len(names)  # the action code is the last column
-    return [[i, action] for i in columns]
+    return [[i, action] for i, name in enumerate(names) if name in keep]
+
+
+def _allowed(feature_names: Sequence[str], allowed: Sequence[str]) -> set[str]:
+    """``allowed`` as a set; ValueError naming those that are not features."""
+    unknown = sorted(set(allowed) - set(feature_names))
+    if unknown:
+        raise ValueError(f"offset features not in the feature spec: {unknown}")
+    return set(allowed)
 
 
 def offset_params(
