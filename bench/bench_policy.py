@@ -49,6 +49,7 @@ from features.catalog import load_catalog  # noqa: E402
 from features.ingest import read_customers, read_events  # noqa: E402
 from features.pipeline import build_feature_table  # noqa: E402
 from features.schema import NO_ACTION  # noqa: E402
+from features.spec import MIN_NONE_PER_CUSTOMER  # noqa: E402
 from serving.batch import BatchResult, recommend_batch  # noqa: E402
 from serving.bundle import Bundle  # noqa: E402
 from serving.engine import DecisionEngine  # noqa: E402
@@ -86,6 +87,13 @@ def main() -> None:
     parser.add_argument("--formulations", default="shared_offset,single,offset,per_action")
     parser.add_argument(
         "--none-per-send", type=float, default=1.0, help="sampled no-send moments per send"
+    )
+    parser.add_argument(
+        "--min-none-per-customer",
+        type=int,
+        default=MIN_NONE_PER_CUSTOMER,
+        help="no-send moments every customer gets before the rest are spread by span "
+        f"(default {MIN_NONE_PER_CUSTOMER}, as in touchpoint train; 0: customer-time uniformly)",
     )
     parser.add_argument(
         "--conversion-label",
@@ -149,7 +157,11 @@ def main() -> None:
     catalog = load_catalog(data / "catalog.yaml")
     truth = pd.read_parquet(data / "ground_truth.parquet")
 
-    config = TrainConfig(seed=args.seed, none_per_send=args.none_per_send)
+    config = TrainConfig(
+        seed=args.seed,
+        none_per_send=args.none_per_send,
+        min_none_per_customer=args.min_none_per_customer,
+    )
     spec = feature_spec_for(events, customers, catalog, config)
     started = time.perf_counter()
     table = build_feature_table(events, customers, spec)

@@ -52,7 +52,6 @@ from features.spec import (
 from features.stages import assign_stages
 
 __all__ = [
-    "MIN_NONE_PER_CUSTOMER",
     "build_feature_table",
     "compute_feature_matrix",
     "compute_features",
@@ -61,9 +60,6 @@ __all__ = [
     "iter_feature_table",
 ]
 
-#: Each customer with a positive span gets at least this many "no action" moments when
-#: the budget ``round(none_per_send * n_sends)`` allows it; the rest is spread by span.
-MIN_NONE_PER_CUSTOMER = 2
 #: Events plus decisions per chunk.  Small chunks keep every temporary in reused heap memory
 #: (large fresh arrays pay a page fault per 4 KiB): 50k was 3.4x faster than 400k.
 DEFAULT_CHUNK = 50_000
@@ -80,7 +76,7 @@ def decision_points(
     events : DataFrame
         Canonical event table (any row order).
     spec : FeatureSpec
-        Uses ``none_per_send`` and ``seed``.
+        Uses ``none_per_send``, ``min_none_per_customer`` and ``seed``.
     end : Timestamp, optional
         Upper bound of the sampled moments; default: the last event time of the log.
 
@@ -95,7 +91,7 @@ def decision_points(
     -----
     Every ``sent`` event is a decision point at its timestamp with its action.  Then
     ``round(none_per_send * n_sends)`` "no action" moments are drawn: each customer whose
-    span ``end - first event`` is positive first gets ``min(MIN_NONE_PER_CUSTOMER,
+    span ``end - first event`` is positive first gets ``min(spec.min_none_per_customer,
     budget // n_customers)``, the remainder is spread multinomially with probability
     proportional to the span; each moment is uniform in ``[first event, end)`` (cut at the
     customer's first explicit ``churn`` event: past it there is nothing to decide) and moved
@@ -178,7 +174,7 @@ def _sample_none(
     if eligible.size == 0:
         return empty, empty
     rng = np.random.default_rng(spec.seed)
-    base = min(MIN_NONE_PER_CUSTOMER, budget // eligible.size)
+    base = min(spec.min_none_per_customer, budget // eligible.size)
     weights = span[eligible].astype(np.float64)
     counts = base + rng.multinomial(budget - base * eligible.size, weights / weights.sum())
     code = np.repeat(eligible, counts)

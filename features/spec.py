@@ -24,6 +24,7 @@ __all__ = [
     "INBOUND_WINDOW_DAYS",
     "MAX_CATEGORIES",
     "MAX_TOKENS",
+    "MIN_NONE_PER_CUSTOMER",
     "MISSING_CODE",
     "OPEN_RATE_PRIOR",
     "RATE_PRIOR_STRENGTH",
@@ -42,6 +43,10 @@ OPEN_RATE_PRIOR = 0.2
 CLICK_RATE_PRIOR = 0.05
 #: Window of ``ch_<c>_inbound_30d``.
 INBOUND_WINDOW_DAYS = 30
+#: Default of :attr:`FeatureSpec.min_none_per_customer`: each customer with a positive span
+#: gets at least this many "no action" moments when the budget allows it.  It keeps the
+#: models' figures as they were measured; 0 is the unbiased choice (docs/FEATURES.md).
+MIN_NONE_PER_CUSTOMER = 2
 #: At most this many tokens are learned (the most frequent); the rest map to "other".
 MAX_TOKENS = 64
 #: String attributes with more distinct values than this are skipped by ``from_data``
@@ -97,6 +102,11 @@ class FeatureSpec:
         Journey-stage thresholds.
     none_per_send : float, default 1.0
         Sampled "no action" decision points per observed send.
+    min_none_per_customer : int, default 2
+        "No action" moments every customer with a positive span gets before the rest of
+        the budget is spread in proportion to the spans (:data:`MIN_NONE_PER_CUSTOMER`).
+        0 samples customer-time uniformly; a floor over-represents short-lived customers,
+        who are the churners (docs/FEATURES.md, "Decision points").
     seed : int, default 0
         Seed of the "no action" sampling.
     """
@@ -110,6 +120,7 @@ class FeatureSpec:
     consent_channels: tuple[str, ...] = ()
     stage_rules: StageRules = field(default_factory=StageRules)
     none_per_send: float = 1.0
+    min_none_per_customer: int = MIN_NONE_PER_CUSTOMER
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -150,6 +161,10 @@ class FeatureSpec:
         if not np.isfinite(self.none_per_send) or self.none_per_send < 0:
             raise ValueError("FeatureSpec.none_per_send must be a finite number >= 0")
         set_(self, "none_per_send", float(self.none_per_send))
+        floor = self.min_none_per_customer
+        if not isinstance(floor, int | np.integer) or isinstance(floor, bool) or floor < 0:
+            raise ValueError("FeatureSpec.min_none_per_customer must be an integer >= 0")
+        set_(self, "min_none_per_customer", int(floor))
         set_(self, "seed", int(self.seed))
 
     # ------------------------------------------------------------------ learning
@@ -311,6 +326,7 @@ class FeatureSpec:
             "consent_channels": list(self.consent_channels),
             "stage_rules": self.stage_rules.to_dict(),
             "none_per_send": self.none_per_send,
+            "min_none_per_customer": self.min_none_per_customer,
             "seed": self.seed,
         }
 

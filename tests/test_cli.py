@@ -238,6 +238,21 @@ def test_train_negative_keep_reaches_the_config() -> None:
     assert train_config(default).negative_keep == NEGATIVE_KEEP
 
 
+def test_train_min_none_per_customer_reaches_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from features.spec import MIN_NONE_PER_CUSTOMER
+
+    args = build_parser().parse_args(["train", "--events", "e.csv", "--min-none-per-customer", "0"])
+    assert train_config(args).min_none_per_customer == 0
+    default = build_parser().parse_args(["train", "--events", "e.csv"])
+    assert train_config(default).min_none_per_customer == MIN_NONE_PER_CUSTOMER
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--events", str(tmp_path / "e.csv"), "--min-none-per-customer", "-1"])
+    assert exit_info.value.code == 2
+    assert "--min-none-per-customer" in capsys.readouterr().err
+
+
 def test_train_offset_members_reach_the_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -386,6 +386,11 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         formulation=args.formulation,
         seed=args.seed,
         none_per_send=args.none_per_send,
+        **(
+            {}
+            if args.min_none_per_customer is None
+            else {"min_none_per_customer": args.min_none_per_customer}
+        ),
         n_bootstrap=args.bootstrap,
         max_train_rows=args.max_train_rows,
         **({} if args.negative_keep is None else {"negative_keep": args.negative_keep}),
@@ -1010,6 +1015,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=ratio,
         default=1.0,
         help="sampled no-action decision points per send (default 1.0)",
+    )
+    p.add_argument(
+        "--min-none-per-customer",
+        type=non_negative,
+        default=None,
+        help="no-action decision points every customer gets before the rest are spread by "
+        "how long each customer is in the log (default 2; 0 samples customer-time "
+        "uniformly, which the churn effects need: docs/TRAINING.md)",
     )
     p.add_argument(
         "--bootstrap",

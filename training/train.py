@@ -19,7 +19,7 @@ import pandas as pd
 from features.catalog import Catalog
 from features.pipeline import build_feature_table
 from features.schema import NO_ACTION
-from features.spec import FeatureSpec
+from features.spec import MIN_NONE_PER_CUSTOMER, FeatureSpec
 from features.stages import StageRules
 from serving.bundle import load_bundle, save_bundle
 from serving.engine import DecisionEngine
@@ -85,6 +85,10 @@ class TrainConfig:
     #: figures stay out of sample.  ``none``: ship the split fit.
     refit: Literal["none", "pre-test"] = "none"
     none_per_send: float = 1.0
+    #: "No action" moments each customer gets before the rest are spread by span
+    #: (FeatureSpec.min_none_per_customer).  2 keeps the measured defaults; 0 samples
+    #: customer-time uniformly, which the churn effects need (docs/TRAINING.md).
+    min_none_per_customer: int = MIN_NONE_PER_CUSTOMER
     train_share: float = 0.6
     valid_share: float = 0.15
     n_bootstrap: int = 500
@@ -137,6 +141,7 @@ def feature_spec_for(
         windows_days=windows,
         stage_rules=StageRules.from_dict(dict(catalog.journey or {})),
         none_per_send=config.none_per_send,
+        min_none_per_customer=config.min_none_per_customer,
         seed=config.seed,
     )
 

@@ -11,7 +11,6 @@ import pytest
 from features import counters, schema
 from features.counters import prepare_events
 from features.pipeline import (
-    MIN_NONE_PER_CUSTOMER,
     build_feature_table,
     compute_feature_matrix,
     compute_features,
@@ -19,7 +18,7 @@ from features.pipeline import (
     iter_feature_table,
 )
 from features.reference import reference_features
-from features.spec import MISSING_CODE, FeatureSpec
+from features.spec import MIN_NONE_PER_CUSTOMER, MISSING_CODE, FeatureSpec
 from features.stages import StageRules
 
 CHANNELS = ("email", "push", "sms")
@@ -222,7 +221,9 @@ def test_decision_points_properties(log: pd.DataFrame, spec: FeatureSpec) -> Non
     stop = churned_at.reindex(nones["customer_id"].astype(str)).to_numpy()
     has_stop = ~pd.isna(stop)
     assert (nones["decision_time"].to_numpy()[has_stop] <= stop[has_stop]).all()
-    # At least MIN_NONE_PER_CUSTOMER for every customer with a positive span, when affordable.
+    # At least the floor (default MIN_NONE_PER_CUSTOMER) for every customer with a positive
+    # span, when affordable.
+    assert spec.min_none_per_customer == MIN_NONE_PER_CUSTOMER
     stop_all = churned_at.reindex(first.index).fillna(end)
     span = (stop_all - first).astype("timedelta64[ns]")
     eligible = span[span > pd.Timedelta(0)].index.astype(str)
@@ -248,6 +249,55 @@ def test_decision_points_deterministic_and_seeded(log: pd.DataFrame, spec: Featu
     end = log["timestamp"].max() + pd.Timedelta(days=30)
     later = decision_points(log, spec, end=end)
     assert later.loc[later["action"] == schema.NO_ACTION, "decision_time"].max() <= end
+
+
+def _short_and_long_lived_log(n_each: int = 200) -> pd.DataFrame:
+    """Customers in the log for 300 days, and customers who churn explicitly on day 10;
+    every customer is sent a message every 5 days until it leaves."""
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    rows = []
+    for c in range(2 * n_each):
+        days = 10 if c < n_each else 300
+        cid = f"c{c:04d}"
+        rows += [(cid, start + pd.Timedelta(days=d, hours=9), "email", "sent", "email_promo")
+                 for d in range(0, days, 5)]  # fmt: skip
+        if days == 10:
+            rows.append((cid, start + pd.Timedelta(days=10), "web", "churn", None))
+        else:
+            rows.append((cid, start + pd.Timedelta(days=300), "web", "visit", None))
+    df = pd.DataFrame(rows, columns=["customer_id", "timestamp", "channel", "event_type", "action"])
+    return canonical(df)
+
+
+def test_none_floor_oversamples_short_lived_customers() -> None:
+    """With the per-customer floor, customers who leave early (the churners) get more
+    "no action" moments per day in the log than the others, so the "no action" rows
+    over-represent churners; without it both get the same density, as the sends do."""
+    log = _short_and_long_lived_log()
+    base = FeatureSpec.from_data(log, None, channels=CHANNELS)
+    per_day = {}
+    for floor in (MIN_NONE_PER_CUSTOMER, 0):
+        dp = decision_points(log, base.with_overrides(min_none_per_customer=floor))
+        none = dp[dp["action"] == schema.NO_ACTION]
+        short = none["customer_id"].astype(str).str[1:].astype(int) < 200
+        per_day[floor] = (short.sum() / (200 * 10), (~short).sum() / (200 * 300))
+    sends_per_day = 1 / 5  # the same for both groups
+    short_d, long_d = per_day[MIN_NONE_PER_CUSTOMER]
+    assert short_d > 1.5 * long_d  # 2 of the 2.06 per short-lived customer are the floor
+    short_d, long_d = per_day[0]
+    assert abs(short_d / long_d - 1) < 0.15  # 2,000 customer-days: a few % noise
+    assert abs(long_d / sends_per_day - 1) < 0.05
+
+
+def test_spec_min_none_per_customer_is_checked_and_kept(spec: FeatureSpec) -> None:
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="min_none_per_customer"):
+            spec.with_overrides(min_none_per_customer=bad)
+    zero = spec.with_overrides(min_none_per_customer=0)
+    assert FeatureSpec.from_dict(json.loads(json.dumps(zero.to_dict()))) == zero
+    # A spec written before the setting existed reads with the default.
+    old = {k: v for k, v in spec.to_dict().items() if k != "min_none_per_customer"}
+    assert FeatureSpec.from_dict(old).min_none_per_customer == MIN_NONE_PER_CUSTOMER
 
 
 def test_spec_round_trip(spec: FeatureSpec) -> None:
