@@ -283,7 +283,7 @@ def test_none_floor_oversamples_short_lived_customers() -> None:
         per_day[floor] = (short.sum() / (200 * 10), (~short).sum() / (200 * 300))
     sends_per_day = 1 / 5  # the same for both groups
     short_d, long_d = per_day[MIN_NONE_PER_CUSTOMER]
-    assert short_d > 1.5 * long_d  # 2 of the 2.06 per short-lived customer are the floor
+    assert short_d > 1.5 * long_d  # 2 of the ~3.9 per short-lived customer are the floor
     short_d, long_d = per_day[0]
     assert abs(short_d / long_d - 1) < 0.15  # 2,000 customer-days: a few % noise
     assert abs(long_d / sends_per_day - 1) < 0.05
