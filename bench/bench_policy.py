@@ -34,6 +34,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,7 @@ def main() -> None:
         batch = _campaign_batch(engine, events, customers, truth)
         effect_table = _effects(engine, batch, truth)
         swaps = _swapped_effects(engine, batch, truth, catalog.to_dict())
+        losses = _loss_by_oracle_action(engine, batch, truth, catalog.to_dict())
         rows.append((formulation, metrics["truth.oracle_fraction.model"], fit_s))
         print(
             f"{formulation:34s} oracle fraction {metrics['truth.oracle_fraction.model']:.3f}"
@@ -245,6 +247,9 @@ def main() -> None:
         print("  oracle fraction if the policy chose with some effects taken from the truth:")
         for label, fraction in swaps.items():
             print(f"    {label:62s} {fraction:.3f}")
+        print("  value lost by the action the oracle chooses (shares of the customers and of")
+        print("  the oracle's uplift), and what the engine chose most often for them instead:")
+        print(losses.to_string(float_format=lambda v: f"{v:.3f}"))
     print("\nformulation      oracle_fraction  fit_seconds")
     for formulation, fraction, fit_s in rows:
         print(f"{formulation:16s} {fraction:15.3f}  {fit_s:11.0f}")
@@ -290,6 +295,78 @@ def _effects(engine: DecisionEngine, batch: BatchResult, truth: pd.DataFrame) ->
     return pd.DataFrame(rows).T
 
 
+@dataclass(frozen=True)
+class _TruthValues:
+    """The truth's expected value of every (customer, engine action) of a campaign batch,
+    as ``simulated_truth`` scores them: ``worth`` has no action's value where the truth says
+    the action cannot be delivered, ``oracle`` is each customer's best deliverable action,
+    ``allowed`` what the engine allows (none always), ``gap`` the oracle's mean uplift."""
+
+    worth: np.ndarray
+    oracle: np.ndarray
+    allowed: np.ndarray
+    none_value: float
+    gap: float
+
+    @classmethod
+    def of(
+        cls,
+        engine: DecisionEngine,
+        batch: BatchResult,
+        truth: pd.DataFrame,
+        catalog: dict[str, Any],
+    ) -> _TruthValues:
+        raw = (
+            expected_values(truth, catalog)
+            .reindex(
+                index=list(pd.unique(truth["customer_id"].astype(str))),
+                columns=list(engine.actions),
+            )
+            .to_numpy(dtype=np.float64)
+        )  # NaN: the truth says it cannot be delivered
+        worth = np.where(np.isnan(raw), raw[:, [0]], raw)
+        deliverable = np.where(np.isnan(raw), -np.inf, raw)
+        allowed = batch.scored.eligible.copy()
+        allowed[:, 0] = True
+        none_value = float(worth[:, 0].mean())
+        # The oracle chooses among what the truth says can be delivered, as in simulated_truth.
+        gap = float(deliverable.max(axis=1).mean() - none_value)
+        return cls(worth, deliverable.argmax(axis=1), allowed, none_value, gap)
+
+    def fraction(self, chosen: np.ndarray) -> float:
+        """Oracle fraction of choosing action index ``chosen[i]`` for customer ``i``."""
+        return float(
+            (self.worth[np.arange(len(chosen)), chosen].mean() - self.none_value) / self.gap
+        )
+
+
+def _loss_by_oracle_action(
+    engine: DecisionEngine, batch: BatchResult, truth: pd.DataFrame, catalog: dict[str, Any]
+) -> pd.DataFrame:
+    """Where the engine's choice loses value: per action the oracle chooses, its share of
+    the customers, the engine's share choosing it, and the value lost on the customers the
+    oracle gives it (as a share of the oracle's uplift; the column sums to 1 − the engine's
+    oracle fraction), with the action the engine chose most often for them instead."""
+    tv = _TruthValues.of(engine, batch, truth, catalog)
+    chosen = batch.scored.greedy()
+    rows = np.arange(len(chosen))
+    lost = (tv.worth[rows, tv.oracle] - tv.worth[rows, chosen]) / tv.gap / len(chosen)
+    names = np.asarray(engine.actions, dtype=object)
+    frame = pd.DataFrame({"oracle": names[tv.oracle], "engine": names[chosen], "lost": lost})
+    table = pd.DataFrame(
+        {
+            "oracle_share": frame["oracle"].value_counts(normalize=True),
+            "engine_share": frame["engine"].value_counts(normalize=True),
+            "value_lost": frame.groupby("oracle")["lost"].sum(),
+        }
+    ).fillna(0.0)
+    wrong = frame[frame["oracle"] != frame["engine"]]
+    table["engine_chose_instead"] = wrong.groupby("oracle")["engine"].agg(
+        lambda s: s.value_counts().index[0]
+    )
+    return table.sort_values("value_lost", ascending=False)
+
+
 def _swapped_effects(
     engine: DecisionEngine, batch: BatchResult, truth: pd.DataFrame, catalog: dict[str, Any]
 ) -> dict[str, float]:
@@ -300,16 +377,8 @@ def _swapped_effects(
     customers it may go to, the same for everyone.  The first line repeats the engine's
     own figure; a choice the truth says cannot be delivered is worth no action, as in
     ``simulated_truth``."""
-    worth = expected_values(truth, catalog).reindex(
-        index=list(pd.unique(truth["customer_id"].astype(str))), columns=list(engine.actions)
-    )
-    raw = worth.to_numpy(dtype=np.float64)  # NaN: the truth says it cannot be delivered
-    worth_v = np.where(np.isnan(raw), raw[:, [0]], raw)
-    allowed = batch.scored.eligible.copy()
-    allowed[:, 0] = True
-    none_v = worth_v[:, 0].mean()
-    # The oracle chooses among what the truth says can be delivered, as in simulated_truth.
-    gap = np.where(np.isnan(raw), -np.inf, raw).max(axis=1).mean() - none_v
+    tv = _TruthValues.of(engine, batch, truth, catalog)
+    allowed = tv.allowed
     scored = batch.scored
     model = {
         "conversion": scored.p_conversion - scored.p_conversion[:, [0]],
@@ -333,8 +402,7 @@ def _swapped_effects(
             conversion, churn, engine.costs,
             conversion_value=engine.conversion_value, churn_cost=engine.churn_cost,
         )  # fmt: skip
-        chosen = greedy(scores, allowed)
-        return float((worth_v[np.arange(len(chosen)), chosen].mean() - none_v) / gap)
+        return tv.fraction(greedy(scores, allowed))
 
     return {
         "the model's effects (the engine's choice)": fraction(model["conversion"], model["churn"]),
