@@ -234,8 +234,9 @@ def main() -> None:
         mix = chosen["action"].value_counts(normalize=True).head(4)
         batch = _campaign_batch(engine, events, customers, truth)
         effect_table = _effects(engine, batch, truth)
-        swaps = _swapped_effects(engine, batch, truth, catalog.to_dict())
-        losses = _loss_by_oracle_action(engine, batch, truth, catalog.to_dict())
+        values = _TruthValues.of(engine, batch, truth, catalog.to_dict())
+        swaps = _swapped_effects(engine, batch, truth, values)
+        losses = _loss_by_oracle_action(engine, batch, values)
         rows.append((formulation, metrics["truth.oracle_fraction.model"], fit_s))
         print(
             f"{formulation:34s} oracle fraction {metrics['truth.oracle_fraction.model']:.3f}"
@@ -341,13 +342,12 @@ class _TruthValues:
 
 
 def _loss_by_oracle_action(
-    engine: DecisionEngine, batch: BatchResult, truth: pd.DataFrame, catalog: dict[str, Any]
+    engine: DecisionEngine, batch: BatchResult, tv: _TruthValues
 ) -> pd.DataFrame:
     """Where the engine's choice loses value: per action the oracle chooses, its share of
     the customers, the engine's share choosing it, and the value lost on the customers the
     oracle gives it (as a share of the oracle's uplift; the column sums to 1 − the engine's
     oracle fraction), with the action the engine chose most often for them instead."""
-    tv = _TruthValues.of(engine, batch, truth, catalog)
     chosen = batch.scored.greedy()
     rows = np.arange(len(chosen))
     lost = (tv.worth[rows, tv.oracle] - tv.worth[rows, chosen]) / tv.gap / len(chosen)
@@ -368,7 +368,7 @@ def _loss_by_oracle_action(
 
 
 def _swapped_effects(
-    engine: DecisionEngine, batch: BatchResult, truth: pd.DataFrame, catalog: dict[str, Any]
+    engine: DecisionEngine, batch: BatchResult, truth: pd.DataFrame, tv: _TruthValues
 ) -> dict[str, float]:
     """Where the policy loses value: its oracle fraction when it chooses, among the actions
     the engine allows and by the engine's own expected values and greedy choice
@@ -377,7 +377,6 @@ def _swapped_effects(
     customers it may go to, the same for everyone.  The first line repeats the engine's
     own figure; a choice the truth says cannot be delivered is worth no action, as in
     ``simulated_truth``."""
-    tv = _TruthValues.of(engine, batch, truth, catalog)
     allowed = tv.allowed
     scored = batch.scored
     model = {
