@@ -234,7 +234,7 @@ def main() -> None:
         mix = chosen["action"].value_counts(normalize=True).head(4)
         batch = _campaign_batch(engine, events, customers, truth)
         effect_table = _effects(engine, batch, truth)
-        values = _TruthValues.of(engine, batch, truth, catalog.to_dict())
+        values = _TruthValues.of(engine, truth, catalog.to_dict())
         swaps = _swapped_effects(engine, batch, truth, values)
         losses = _loss_by_oracle_action(engine, batch, values)
         rows.append((formulation, metrics["truth.oracle_fraction.model"], fit_s))
@@ -301,21 +301,16 @@ class _TruthValues:
     """The truth's expected value of every (customer, engine action) of a campaign batch,
     as ``simulated_truth`` scores them: ``worth`` has no action's value where the truth says
     the action cannot be delivered, ``oracle`` is each customer's best deliverable action,
-    ``allowed`` what the engine allows (none always), ``gap`` the oracle's mean uplift."""
+    ``gap`` the oracle's mean uplift."""
 
     worth: np.ndarray
     oracle: np.ndarray
-    allowed: np.ndarray
     none_value: float
     gap: float
 
     @classmethod
     def of(
-        cls,
-        engine: DecisionEngine,
-        batch: BatchResult,
-        truth: pd.DataFrame,
-        catalog: dict[str, Any],
+        cls, engine: DecisionEngine, truth: pd.DataFrame, catalog: dict[str, Any]
     ) -> _TruthValues:
         raw = (
             expected_values(truth, catalog)
@@ -327,12 +322,10 @@ class _TruthValues:
         )  # NaN: the truth says it cannot be delivered
         worth = np.where(np.isnan(raw), raw[:, [0]], raw)
         deliverable = np.where(np.isnan(raw), -np.inf, raw)
-        allowed = batch.scored.eligible.copy()
-        allowed[:, 0] = True
         none_value = float(worth[:, 0].mean())
         # The oracle chooses among what the truth says can be delivered, as in simulated_truth.
         gap = float(deliverable.max(axis=1).mean() - none_value)
-        return cls(worth, deliverable.argmax(axis=1), allowed, none_value, gap)
+        return cls(worth, deliverable.argmax(axis=1), none_value, gap)
 
     def fraction(self, chosen: np.ndarray) -> float:
         """Oracle fraction of choosing action index ``chosen[i]`` for customer ``i``."""
@@ -377,7 +370,8 @@ def _swapped_effects(
     customers it may go to, the same for everyone.  The first line repeats the engine's
     own figure; a choice the truth says cannot be delivered is worth no action, as in
     ``simulated_truth``."""
-    allowed = tv.allowed
+    allowed = batch.scored.eligible.copy()
+    allowed[:, 0] = True
     scored = batch.scored
     model = {
         "conversion": scored.p_conversion - scored.p_conversion[:, [0]],
