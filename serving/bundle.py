@@ -3,8 +3,10 @@
 Layout::
 
     bundle.json                 format, version, actions, feature spec, catalog, manifests
-    conversion.<key>.txt        LightGBM text models (key = "all" or an action id)
-    churn.<key>.txt
+    conversion.<key>.txt        LightGBM text models (key = "all", "base", "offset" or an
+    churn.<key>.txt             action id)
+    engagement.txt              the engagement model both outcomes read, if any
+                                (serving/engagement.py)
 
 Nothing is unpickled: models are LightGBM text, the rest is JSON.  A bundle still decides
 whom a company contacts, so load bundles only from paths you trust.
@@ -23,10 +25,14 @@ from typing import Any
 from features.catalog import Catalog, catalog_from_dict
 from features.schema import NO_ACTION
 from features.spec import FeatureSpec
+from serving.engagement import EngagementModel
 from serving.scoring import OutcomeScorer
 
 BUNDLE_FILE = "bundle.json"
-FORMAT_VERSION = 1
+#: The format written.  2 added the optional engagement model; format 1 bundles (without
+#: one) are read as before.
+FORMAT_VERSION = 2
+READ_FORMATS = (1, 2)
 
 
 class BundleError(ValueError):
@@ -65,6 +71,8 @@ def save_bundle(
     folder = Path(folder)
     if conversion.actions != churn.actions or conversion.actions[0] != NO_ACTION:
         raise BundleError("both scorers must share the action order, with 'none' first")
+    if conversion.engagement is not churn.engagement:
+        raise BundleError("both scorers must share one engagement model (or have none)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     manifest = {
@@ -75,6 +83,7 @@ def save_bundle(
         "catalog": catalog.to_dict(),
         "conversion": conversion.save(tmp, "conversion"),
         "churn": churn.save(tmp, "churn"),
+        "engagement": None if conversion.engagement is None else conversion.engagement.save(tmp),
         "metadata": dict(metadata or {}),
     }
     (tmp / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
@@ -94,17 +103,21 @@ def load_bundle(folder: str | Path) -> Bundle:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path}: unreadable ({exc})") from exc
-    if manifest.get("format") != FORMAT_VERSION:
+    if manifest.get("format") not in READ_FORMATS:
         raise BundleError(
             f"{manifest_path}: bundle format {manifest.get('format')!r}, this touchpoint reads "
-            f"format {FORMAT_VERSION}"
+            f"formats {', '.join(map(str, READ_FORMATS))}"
         )
     try:
         actions = tuple(manifest["actions"])
         spec = FeatureSpec.from_dict(manifest["feature_spec"])
         catalog = catalog_from_dict(manifest["catalog"])
-        conversion = OutcomeScorer.load(folder, manifest["conversion"], actions)
-        churn = OutcomeScorer.load(folder, manifest["churn"], actions)
+        saved = manifest.get("engagement")
+        engagement = (
+            None if saved is None else EngagementModel.load(folder, saved, spec.feature_names)
+        )
+        conversion = OutcomeScorer.load(folder, manifest["conversion"], actions, engagement)
+        churn = OutcomeScorer.load(folder, manifest["churn"], actions, engagement)
     except KeyError as exc:
         raise BundleError(f"{manifest_path}: missing key {exc}") from exc
     except Exception as exc:  # LightGBM raises its own error type on a damaged model file

@@ -127,8 +127,10 @@ class DecisionEngine:
         X = X.astype(np.float32).astype(np.float64)
         quiet = in_quiet_hours(policy, decision_time)  # one value broadcasts over the rows
         codes = suppression_codes(state, self.action_rules, policy, quiet)
-        p_conv = self.bundle.conversion.predict(X)
-        p_churn = self.bundle.churn.predict(X)
+        # Both scorers read the same engagement (serving/engagement.py): computed once.
+        engagement = self.bundle.conversion.engagement_of(X)
+        p_conv = self.bundle.conversion.predict(X, engagement=engagement)
+        p_churn = self.bundle.churn.predict(X, engagement=engagement)
         scores = expected_values(
             p_conv,
             p_churn,
@@ -149,8 +151,9 @@ class DecisionEngine:
         """
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         X = x.astype(np.float32).astype(np.float64)[None, :]  # the models' precision
-        p_conv = self.bundle.conversion.predict_row(X[0])
-        p_churn = self.bundle.churn.predict_row(X[0])
+        engagement = self.bundle.conversion.engagement_of(X)
+        p_conv = self.bundle.conversion.predict_row(X[0], engagement)
+        p_churn = self.bundle.churn.predict_row(X[0], engagement)
         params = self._row_params.copy()
         params[P_QUIET_NOW] = float(
             in_quiet_hours(self.bundle.catalog.contact_policy, decision_time_ns)[0]

@@ -317,6 +317,8 @@ def action_logits(
     base_end: int,
     action_trees: np.ndarray,
     action_column: int,
+    engagement_column: int,
+    engagement: np.ndarray,
     nodes: np.ndarray,
     thresholds: np.ndarray,
     categories: np.ndarray,
@@ -342,8 +344,8 @@ def action_logits(
     n_actions = action_trees.shape[0]
     if action_column >= 0 and n_actions <= 64:
         _shared_sums(
-            x, action_trees[0, 0], action_trees[0, 1], action_column, nodes, thresholds,
-            categories, node_start, leaf_start, leaf_value, out,
+            x, action_trees[0, 0], action_trees[0, 1], action_column, engagement_column,
+            engagement, nodes, thresholds, categories, node_start, leaf_start, leaf_value, out,
         )  # fmt: skip
         for a in range(n_actions):
             out[a] = base + out[a]
@@ -351,6 +353,8 @@ def action_logits(
     for a in range(n_actions):
         if action_column >= 0:
             x[action_column] = a
+        if engagement_column >= 0:
+            x[engagement_column] = engagement[a]
         offset = tree_sum(
             x, action_trees[a, 0], action_trees[a, 1], nodes, thresholds, categories,
             node_start, leaf_start, leaf_value,
@@ -364,6 +368,8 @@ def _shared_sums(
     first: int,
     end: int,
     action_column: int,
+    engagement_column: int,
+    engagement: np.ndarray,
     nodes: np.ndarray,
     thresholds: np.ndarray,
     categories: np.ndarray,
@@ -376,7 +382,8 @@ def _shared_sums(
     ``x[action_column] = a``, for every ``a < len(out) <= 64``, in one walk per tree.
 
     The walk carries the set of actions (a bitmask) that reach a node; a node splitting on
-    the action column divides the set, any other node sends the whole set one way.  Each
+    the action column (or on ``engagement_column``, where action ``a`` has
+    ``engagement[a]``) divides the set, any other node sends the whole set one way.  Each
     ``out[a]`` still receives one leaf per tree, in tree order, from 0.0: the same sums.
     """
     n = out.size
@@ -398,11 +405,14 @@ def _shared_sums(
         while top > 0:
             top -= 1
             g, reach = n0 + stack_node[top], stack_set[top]
-            if nodes[g, FEATURE] == action_column:
+            f = nodes[g, FEATURE]
+            if f == action_column or (engagement_column >= 0 and f == engagement_column):
                 left = np.uint64(0)
                 for a in range(n):
                     if reach & (np.uint64(1) << np.uint64(a)):
                         x[action_column] = a
+                        if engagement_column >= 0:
+                            x[engagement_column] = engagement[a]
                         if next_node(x, nodes, thresholds, categories, g) == nodes[g, LEFT]:
                             left |= np.uint64(1) << np.uint64(a)
                 sides = 2

@@ -34,6 +34,7 @@ from features.compiled import jit
 from features.schema import STAGES
 from features.spec import FeatureSpec
 from serving.bundle import Bundle
+from serving.engagement import ENGAGEMENT_COLUMN
 from serving.scoring import OutcomeScorer
 
 __all__ = ["contributions", "explain"]
@@ -67,7 +68,7 @@ def explain(
         return [[] for _ in codes]
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     wanted, pairs = _rows(codes, versus)
-    with_action = _with_action(x, wanted)
+    with_action = bundle.conversion.model_rows(x[None, :], wanted)
     objective = bundle.catalog.objective
     # The slopes stay in numpy, in the probabilities' own precision (float32 in, float32
     # slopes): computed in the kernel they would round differently and could swap ties.
@@ -82,6 +83,7 @@ def explain(
         top,
     ).tolist()
     actions, n = bundle.conversion.actions, x.size
+    columns = _columns(bundle.spec, bundle.conversion)
     labels: dict[int, str] = {}  # "name=value" of the features shown: codes share them
     out: list[list[str]] = []
     for i, code in enumerate(codes):
@@ -97,10 +99,13 @@ def explain(
             if o < 0:  # past the last pick
                 break
             j = int(col)
-            if j == n:  # the action's own column
-                label = _label(bundle.spec, j, float(code), actions)
+            if j >= n:  # the candidate's own columns: its engagement, its action code
+                # (none's reasons compare it with versus: versus's engagement is the one)
+                row = wanted.index(code if code or versus is None else versus)
+                value = float(code) if j == len(columns) - 1 else float(with_action[row, j])
+                label = _label(bundle.spec, columns, j, value, actions)
             else:
-                label = labels.get(j) or _label(bundle.spec, j, float(x[j]), actions)
+                label = labels.get(j) or _label(bundle.spec, columns, j, float(x[j]), actions)
                 labels[j] = label
             verb = "raises" if c > 0 else "lowers"
             reasons.append(f"{label} {verb} {_OUTCOMES[int(o)]} odds{suffix} ({c:+.2f})")
@@ -111,10 +116,10 @@ def explain(
 def contributions(
     scorer: OutcomeScorer, x: np.ndarray, codes: Sequence[int], *, versus: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The model rows ``(x, action)`` and one outcome's contributions that :func:`explain`
-    ranks.
+    """The model rows ``(x, action)`` (``(x, engagement, action)`` with an engagement
+    model) and one outcome's contributions that :func:`explain` ranks.
 
-    Returns two ``(len(codes), n_features + 1)`` arrays (the last column is the action).
+    Returns two ``(len(codes), n_columns)`` arrays (the last column is the action).
     For code ``a > 0`` the row of contributions sums to ``logit p(x, a) - logit p(x, none)``
     of the raw model; for code 0, to ``logit p(x, none) - logit p(x, versus)`` (zeros when
     ``versus`` is None).
@@ -122,7 +127,7 @@ def contributions(
     codes = [int(c) for c in codes]
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     wanted, pairs = _rows(codes, versus)
-    with_action = _with_action(x, wanted)
+    with_action = scorer.model_rows(x[None, :], wanted)
     per = _explained(scorer, with_action, wanted)
     plus, minus = np.array(pairs).T
     out = per[plus] - per[minus]
@@ -141,13 +146,10 @@ def _rows(codes: list[int], versus: int | None) -> tuple[list[int], list[tuple[i
     return wanted, [(wanted.index(c), none) if c else (none, other) for c in codes]
 
 
-def _with_action(x: np.ndarray, wanted: list[int]) -> np.ndarray:
-    """The model rows ``(x, a)`` for each ``a`` in ``wanted``."""
-    n = x.size
-    rows = np.empty((len(wanted), n + 1))
-    rows[:, :n] = x
-    rows[:, n] = wanted
-    return rows
+def _columns(spec: FeatureSpec, scorer: OutcomeScorer) -> list[str]:
+    """The names of the model rows' columns: the features, the engagement, the action."""
+    engagement = [] if scorer.engagement is None else [ENGAGEMENT_COLUMN]
+    return [*spec.feature_names, *engagement, "action"]
 
 
 def _explained(scorer: OutcomeScorer, with_action: np.ndarray, wanted: list[int]) -> np.ndarray:
@@ -158,7 +160,8 @@ def _explained(scorer: OutcomeScorer, with_action: np.ndarray, wanted: list[int]
         return scorer.contributions("all", with_action)
     if scorer.formulation == "shared_offset":
         return scorer.contributions("offset", with_action)
-    # offset and per_action: one booster per action, fed the plain row (no action column)
+    # offset and per_action: one booster per action, fed the plain row (no action column;
+    # these formulations have no engagement column either)
     n = with_action.shape[1] - 1
     per = np.zeros_like(with_action)
     for i, code in enumerate(wanted):
@@ -228,10 +231,11 @@ def _pick_top(
     return picks
 
 
-def _label(spec: FeatureSpec, col: int, value: float, actions: Sequence[str]) -> str:
-    """``name=value`` of column ``col`` (the action's after the features)."""
-    names = spec.feature_names
-    name = names[col] if col < len(names) else "action"
+def _label(
+    spec: FeatureSpec, columns: Sequence[str], col: int, value: float, actions: Sequence[str]
+) -> str:
+    """``name=value`` of column ``col`` of the model rows (:func:`_columns`)."""
+    name = columns[col]
     return f"{name}={_readable_value(spec, name, value, actions)}"
 
 
@@ -242,6 +246,8 @@ def _readable_value(spec: FeatureSpec, name: str, value: float, actions: Sequenc
         return actions[code] if 0 <= code < len(actions) else str(code)
     if math.isnan(value):  # (np.isnan costs ~0.7 µs on a Python float)
         return "missing"
+    if name == ENGAGEMENT_COLUMN:  # the chance the candidate is opened or clicked
+        return f"{value:.0%}"
     if name.startswith("seq_token_"):
         code = int(value)
         if code == 0:

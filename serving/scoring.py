@@ -28,11 +28,14 @@ from typing import Any, Literal
 import lightgbm as lgb
 import numpy as np
 
+from serving.engagement import EngagementModel
 from serving.forest import action_logits, compile_forest, concatenate
 from serving.lgbm_predict import Kind, Predict, predictor
 from serving.tree_shap import TreeShap, compile_shap
 
 Formulation = Literal["single", "per_action", "offset", "shared_offset"]
+#: Action codes to score (None: all of them, in code order).
+Actions = Sequence[int] | np.ndarray | None
 FORMULATIONS: tuple[Formulation, ...] = ("single", "per_action", "offset", "shared_offset")
 
 
@@ -77,12 +80,17 @@ class OutcomeScorer:
         both ``{"base": booster}`` and one per action for ``offset``.
     calibration
         Optional map applied to the raw probabilities.
+    engagement
+        ``shared_offset`` only, optional: the engagement model (serving/engagement.py)
+        whose probability for the candidate action is the offset booster's column before
+        the action code.
     """
 
     formulation: Formulation
     actions: tuple[str, ...]
     boosters: dict[str, lgb.Booster]
     calibration: Calibration | None = None
+    engagement: EngagementModel | None = None
     #: LightGBM threads per prediction: 1 for requests (two threads made p99 jump whenever
     #: another process held a core); batch jobs raise it for the duration of the batch.
     threads: int = 1
@@ -109,14 +117,56 @@ class OutcomeScorer:
                 f"{self.formulation} scorer needs boosters {sorted(expected)}, "
                 f"got {sorted(self.boosters)}"
             )
+        if self.engagement is not None:
+            if self.formulation != "shared_offset":
+                raise ValueError("an engagement model goes with the shared_offset formulation only")
+            if len(self.engagement.action_channels) != len(self.actions):
+                raise ValueError("the engagement model's actions differ from the scorer's")
         self._codes = np.arange(len(self.actions), dtype=np.float64)
 
-    def predict_raw(self, X: np.ndarray, action_idx: Sequence[int] | None = None) -> np.ndarray:
-        """Uncalibrated probabilities, shape ``(len(X), n_actions)`` (or the chosen columns)."""
+    def engagement_of(self, X: np.ndarray, action_idx: Actions = None) -> np.ndarray | None:
+        """The engagement of each row under each action of ``action_idx`` (default: all),
+        ``(len(X), n)``; None without an engagement model.  The scorers of a bundle share
+        one model: :class:`~serving.engine.DecisionEngine` computes it once and passes it
+        to both (``engagement=``)."""
+        if self.engagement is None:
+            return None
+        return self.engagement.per_action(X, action_idx, self.threads)
+
+    def model_rows(
+        self, X: np.ndarray, action_idx: Actions = None, engagement: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The rows the action-aware booster reads (``all`` or ``offset``): each row of
+        ``X`` once per action of ``action_idx`` (default: all), row-major, as ``[x,
+        engagement, action code]`` with an engagement model and ``[x, action code]``
+        without.  ``engagement``: :meth:`engagement_of` of the same rows and actions,
+        when the caller has it."""
+        idx = np.arange(len(self.actions)) if action_idx is None else np.asarray(action_idx)
+        X = np.asarray(X, dtype=np.float64)
+        if self.engagement is None:
+            engagement = None
+        elif engagement is None:
+            engagement = self.engagement_of(X, idx)
+        return _with_actions(X, self._codes[idx], engagement)
+
+    def logged_rows(self, X: np.ndarray, action_codes: np.ndarray) -> np.ndarray:
+        """Each row of ``X`` with its own action code, as :meth:`model_rows` lays them out."""
+        X = np.asarray(X, dtype=np.float64)
+        codes = np.asarray(action_codes, dtype=np.int64)
+        columns = [X]
+        if self.engagement is not None:
+            columns.append(self.engagement.logged(X, codes, self.threads)[:, None])
+        return np.hstack([*columns, codes[:, None].astype(np.float64)])
+
+    def predict_raw(
+        self, X: np.ndarray, action_idx: Actions = None, engagement: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Uncalibrated probabilities, shape ``(len(X), n_actions)`` (or the chosen columns).
+        ``engagement``: as :meth:`model_rows`."""
         idx = np.arange(len(self.actions)) if action_idx is None else np.asarray(action_idx)
         X = np.asarray(X, dtype=np.float64)
         if self.formulation in ("single", "shared_offset"):
-            rows = _with_actions(X, self._codes[idx])
+            rows = self.model_rows(X, idx, engagement)
             if self.formulation == "single":
                 return self._run("all", "normal", rows).reshape(len(X), len(idx))
             base = np.repeat(self._run("base", "raw", X), len(idx))
@@ -151,25 +201,34 @@ class OutcomeScorer:
             return shap.contrib(X)
         return self._run(key, "contrib", X)[:, :-1]
 
-    def predict(self, X: np.ndarray, action_idx: Sequence[int] | None = None) -> np.ndarray:
-        """Calibrated probabilities, shape ``(len(X), n_actions)`` (or the chosen columns)."""
-        raw = self.predict_raw(X, action_idx)
+    def predict(
+        self, X: np.ndarray, action_idx: Actions = None, engagement: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Calibrated probabilities, shape ``(len(X), n_actions)`` (or the chosen columns).
+        ``engagement``: as :meth:`model_rows`."""
+        raw = self.predict_raw(X, action_idx, engagement)
         return raw if self.calibration is None else self.calibration.apply(raw)
 
-    def predict_row(self, x: np.ndarray) -> np.ndarray:
+    def predict_row(self, x: np.ndarray, engagement: np.ndarray | None = None) -> np.ndarray:
         """Calibrated probabilities of one feature row under every action, bit for bit
-        ``predict(x[None, :])[0]``: the request path.
+        ``predict(x[None, :])[0]``: the request path.  ``engagement``: the row's
+        :meth:`engagement_of` for every action (``(n_actions,)`` or ``(1, n_actions)``),
+        when the caller has it.
 
         The offset formulations walk their trees in one compiled call (serving/forest.py)
         instead of one LightGBM call per action; the others, and any booster that module
         does not reproduce exactly, go through :meth:`predict`.
         """
+        if self.engagement is not None:
+            if engagement is None:
+                engagement = self.engagement_of(np.asarray(x, dtype=np.float64)[None, :])
+            engagement = np.asarray(engagement, dtype=np.float64).reshape(1, -1)
         if self._row_logits is None:
             self._row_logits = _RowLogits.build(self) or False
         if self._row_logits is False:
-            return self.predict(np.asarray(x, dtype=np.float64)[None, :])[0]
+            return self.predict(np.asarray(x, dtype=np.float64)[None, :], None, engagement)[0]
         assert isinstance(self._row_logits, _RowLogits)
-        raw = _sigmoid(self._row_logits(x))
+        raw = _sigmoid(self._row_logits(x, None if engagement is None else engagement[0]))
         return raw if self.calibration is None else self.calibration.apply(raw)
 
     def predict_logged(self, X: np.ndarray, action_codes: np.ndarray) -> np.ndarray:
@@ -177,11 +236,10 @@ class OutcomeScorer:
         X = np.asarray(X, dtype=np.float64)
         codes = np.asarray(action_codes, dtype=np.int64)
         if self.formulation == "single":
-            raw = self._run("all", "normal", np.hstack([X, codes[:, None].astype(np.float64)]))
+            raw = self._run("all", "normal", self.logged_rows(X, codes))
         elif self.formulation == "shared_offset":
-            with_action = np.hstack([X, codes[:, None].astype(np.float64)])
-            logit = self._run("base", "raw", X) + self._run("offset", "raw", with_action)
-            raw = _sigmoid(logit)
+            offset = self._run("offset", "raw", self.logged_rows(X, codes))
+            raw = _sigmoid(self._run("base", "raw", X) + offset)
         elif self.formulation == "offset":
             logit = self._run("base", "raw", X)
             for code in np.unique(codes):
@@ -212,8 +270,14 @@ class OutcomeScorer:
 
     @classmethod
     def load(
-        cls, folder: Path, manifest: Mapping[str, Any], actions: tuple[str, ...]
+        cls,
+        folder: Path,
+        manifest: Mapping[str, Any],
+        actions: tuple[str, ...],
+        engagement: EngagementModel | None = None,
     ) -> OutcomeScorer:
+        """A scorer saved by :meth:`save`; ``engagement``: the bundle's engagement model
+        (saved once for both outcomes by serving/bundle.py)."""
         boosters = {
             key: lgb.Booster(model_file=str(folder / filename))
             for key, filename in manifest["files"].items()
@@ -224,6 +288,7 @@ class OutcomeScorer:
             actions=actions,
             boosters=boosters,
             calibration=None if calibration is None else Calibration.from_dict(calibration),
+            engagement=engagement,
         )
 
 
@@ -233,9 +298,11 @@ class _RowLogits:
     computes them, base raw score plus the action's offset raw score."""
 
     def __init__(self, arrays: tuple[np.ndarray, ...], base_end: int, action_trees: np.ndarray,
-                 action_column: int, n_features: int) -> None:  # fmt: skip
+                 action_column: int, engagement_column: int, n_features: int) -> None:  # fmt: skip
         self.arrays, self.base_end, self.action_trees = arrays, base_end, action_trees
         self.action_column, self.n_features = action_column, n_features
+        self.engagement_column = engagement_column
+        self._no_engagement = np.zeros(action_trees.shape[0])
 
     @classmethod
     def build(cls, scorer: OutcomeScorer) -> _RowLogits | None:
@@ -250,30 +317,48 @@ class _RowLogits:
             return None
         joined, ranges = concatenate([f for f in forests if f is not None])
         n_features = scorer.boosters["base"].num_feature()
+        engagement_column = -1
         if scorer.formulation == "shared_offset":
             action_trees = np.repeat(ranges[1:2], len(scorer.actions), axis=0)
-            action_column = n_features  # the offset booster's last column
+            # The offset booster's last column; the engagement's, if any, just before it.
+            action_column = scorer.boosters["offset"].num_feature() - 1
+            if scorer.engagement is not None:
+                engagement_column = n_features
         else:
             action_trees, action_column = np.ascontiguousarray(ranges[1:]), -1
-        return cls(joined.arrays(), int(ranges[0, 1]), action_trees, action_column, n_features)
+        return cls(
+            joined.arrays(), int(ranges[0, 1]), action_trees, action_column, engagement_column,
+            n_features,
+        )  # fmt: skip
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        row = np.empty(self.n_features + 1)  # a scratch row per call: threads share self
+    def __call__(self, x: np.ndarray, engagement: np.ndarray | None = None) -> np.ndarray:
+        """The logits of row ``x``; ``engagement``: each action's, with an engagement model."""
+        width = max(self.action_column, self.engagement_column, self.n_features - 1) + 1
+        row = np.zeros(width)  # a scratch row per call: threads share self
         row[: self.n_features] = x
-        row[self.n_features] = 0.0
         out = np.empty(self.action_trees.shape[0])
-        action_logits(row, self.base_end, self.action_trees, self.action_column, *self.arrays, out)
+        values = self._no_engagement if engagement is None else engagement
+        action_logits(
+            row, self.base_end, self.action_trees, self.action_column, self.engagement_column,
+            values, *self.arrays, out,
+        )  # fmt: skip
         return out
 
 
-def _with_actions(X: np.ndarray, codes: np.ndarray) -> np.ndarray:
+def _with_actions(
+    X: np.ndarray, codes: np.ndarray, engagement: np.ndarray | None = None
+) -> np.ndarray:
     """Each row of ``X`` once per action code, the code as a last column (row-major:
-    row 0 with every code, then row 1, ...).  Written in place: for the one-row request
-    path, hstack/repeat/tile cost more than the copy itself."""
-    n, k = X.shape[0], codes.size
-    rows = np.empty((n * k, X.shape[1] + 1))
-    by_row = rows.reshape(n, k, X.shape[1] + 1)  # a view: rows is contiguous
-    by_row[:, :, :-1] = X[:, None, :]
+    row 0 with every code, then row 1, ...), after ``engagement[i, j]`` (row i, code j)
+    when given.  Written in place: for the one-row request path, hstack/repeat/tile cost
+    more than the copy itself."""
+    n, k, f = X.shape[0], codes.size, X.shape[1]
+    width = f + 1 + (engagement is not None)
+    rows = np.empty((n * k, width))
+    by_row = rows.reshape(n, k, width)  # a view: rows is contiguous
+    by_row[:, :, :f] = X[:, None, :]
+    if engagement is not None:
+        by_row[:, :, f] = engagement
     by_row[:, :, -1] = codes
     return rows
 

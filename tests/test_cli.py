@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from touchpoint.cli import build_parser, main, train_config
+from training.train import TrainConfig
 
 COMMANDS = [
     "simulate",
@@ -251,6 +252,19 @@ def test_train_min_none_per_customer_reaches_the_config(
         main(["train", "--events", str(tmp_path / "e.csv"), "--min-none-per-customer", "-1"])
     assert exit_info.value.code == 2
     assert "--min-none-per-customer" in capsys.readouterr().err
+
+
+def test_train_engagement_reaches_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = build_parser().parse_args(["train", "--events", "e.csv", "--engagement", "off"])
+    assert train_config(args).engagement == "off"
+    default = build_parser().parse_args(["train", "--events", "e.csv"])
+    assert train_config(default).engagement == "on" == TrainConfig().engagement
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--events", str(tmp_path / "e.csv"), "--engagement", "maybe"])
+    assert exit_info.value.code == 2
+    assert "--engagement" in capsys.readouterr().err
 
 
 def test_train_offset_members_reach_the_config(

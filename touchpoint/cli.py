@@ -396,6 +396,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         **({} if args.negative_keep is None else {"negative_keep": args.negative_keep}),
         offset_features=args.offset_features,
         offset_interactions=args.offset_interactions,
+        engagement=args.engagement,
         **({} if args.offset_members is None else {"offset_members": args.offset_members}),
         refit=args.refit,
     )
@@ -1059,6 +1060,15 @@ def build_parser() -> argparse.ArgumentParser:
         "pairwise (default): each branch splits on the action and one other feature, an "
         "additive effect per action; free: any combination (training/effect_features.py; "
         "docs/TRAINING.md)",
+    )
+    p.add_argument(
+        "--engagement",
+        choices=("on", "off"),
+        default="on",
+        help="on (default): the shared_offset formulation's offset also reads the candidate "
+        "action's engagement, its chance to be opened or clicked, from a model of the "
+        "sends' opens and clicks (serving/engagement.py); off: it does not "
+        "(docs/TRAINING.md)",
     )
     p.add_argument(
         "--offset-members",

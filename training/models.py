@@ -24,6 +24,7 @@ from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
+from serving.engagement import ENGAGEMENT_COLUMN, EngagementModel
 from serving.scoring import Calibration, Formulation, OutcomeScorer
 from training.booster_average import average_boosters
 from training.effect_features import OffsetInteractions, offset_params
@@ -145,12 +146,14 @@ def fit_outcome_model(
     offset_features: Sequence[str] | None = None,
     offset_members: int | None = None,
     offset_interactions: OffsetInteractions = "free",
+    engagement: EngagementModel | None = None,
 ) -> tuple[OutcomeScorer, FitReport]:
     """Fit one outcome (conversion or churn) for every action, then decide on calibration.
 
     ``a_*`` are action codes (index into ``actions``; ``none`` is 0).  ``single`` and
     ``shared_offset`` are :func:`fit_outcome_models` with one outcome (``negative_keep``,
-    ``offset_features``, ``offset_members`` and ``offset_interactions``: see there);
+    ``offset_features``, ``offset_members``, ``offset_interactions`` and ``engagement``:
+    see there);
     ``offset`` and ``per_action`` train on every row.
     """
     if formulation in ("single", "shared_offset"):
@@ -174,9 +177,12 @@ def fit_outcome_model(
             offset_features=offset_features,
             offset_members=offset_members,
             offset_interactions=offset_interactions,
+            engagement=engagement,
         )["y"]
-    if offset_features is not None or offset_interactions != "free":
-        raise ValueError("offset_features and offset_interactions apply to shared_offset only")
+    if offset_features is not None or offset_interactions != "free" or engagement is not None:
+        raise ValueError(
+            "offset_features, offset_interactions and engagement apply to shared_offset only"
+        )
     p = _params(params, seed)
     report = FitReport()
     boosters: dict[str, lgb.Booster] = {}
@@ -261,6 +267,7 @@ def fit_outcome_models(
     offset_features: Sequence[str] | None = None,
     offset_members: int | None = None,
     offset_interactions: OffsetInteractions = "free",
+    engagement: EngagementModel | None = None,
     side_job: Callable[[SideJobSignals], object] | None = None,
 ) -> dict[str, tuple[OutcomeScorer, FitReport]]:
     """Fit several outcomes (e.g. ``{"conversion": y_c, "churn": y_ch}``) on the same rows.
@@ -288,6 +295,11 @@ def fit_outcome_models(
     ``offset_interactions`` (``shared_offset`` only): ``pairwise`` lets each branch of an
     offset tree split on the action and one other feature only; ``free`` (the default
     here; ``touchpoint train``'s is ``pairwise``) does not restrict them.
+
+    ``engagement`` (``shared_offset`` only; serving/engagement.py): the offset booster
+    reads each row's engagement under its logged action as a column between the features
+    and the action code (:data:`~serving.engagement.ENGAGEMENT_COLUMN`, one of its
+    allowed features), and the scorers carry the model to score every candidate.
 
     ``offset_members`` (``shared_offset`` only; default :data:`~training.offset_bagging.
     OFFSET_MEMBERS`, 1): with more than one, the offset is the average of this many
@@ -320,6 +332,8 @@ def fit_outcome_models(
         raise ValueError("offset_features applies to the shared_offset formulation only")
     if offset_interactions != "free" and formulation != "shared_offset":
         raise ValueError("offset_interactions applies to the shared_offset formulation only")
+    if engagement is not None and formulation != "shared_offset":
+        raise ValueError("engagement applies to the shared_offset formulation only")
     members = OFFSET_MEMBERS if offset_members is None else offset_members
     if members < 1:
         raise ValueError(f"offset_members must be at least 1, got {members}")
@@ -369,10 +383,22 @@ def fit_outcome_models(
             base_params = {**p, **SHARED_BASE_PARAMS, "num_threads": threads}
             chains[outcome].append(_Stage("base", base_params, train, valid))
         key = "offset"
-        restrict = offset_params(names, offset_features, offset_interactions)
+        offset_names, allowed = names, offset_features
+        if engagement is not None:
+            offset_names = [*names, ENGAGEMENT_COLUMN]
+            allowed = None if allowed is None else [*allowed, ENGAGEMENT_COLUMN]
+        restrict = offset_params(offset_names, allowed, offset_interactions)
         with_action_params = {**p, **SHARED_OFFSET_PARAMS, **restrict}
     else:
         key, with_action_params = "all", p
+    if engagement is not None:
+        threads_all = int(p["num_threads"])
+        shared.add_column(
+            ENGAGEMENT_COLUMN,
+            engagement.logged(X_train, a_train, threads_all),
+            engagement.logged(X_valid, a_valid, threads_all),
+            with_action_params,
+        )
     shared.add_action(a_train, a_valid, with_action_params)
     for outcome in y_train:
         train, valid = shared.copy(rows[outcome], y_train[outcome], y_valid[outcome])
@@ -441,7 +467,9 @@ def fit_outcome_models(
     fitted = {}
     for outcome, (boosters, raw_valid, rounds) in chained.items():
         report = FitReport(best_iterations=rounds, offset_members=1 + len(more[outcome]))
-        scorer = OutcomeScorer(formulation=formulation, actions=actions, boosters=boosters)
+        scorer = OutcomeScorer(
+            formulation=formulation, actions=actions, boosters=boosters, engagement=engagement
+        )
         scorer.calibration, report = _choose_calibration(raw_valid, y_valid[outcome], report, seed)
         fitted[outcome] = (scorer, report)
     say(f"  boosters and calibration choice: {time.perf_counter() - started:.1f} s")
@@ -611,23 +639,35 @@ class _SharedDatasets:
         rows: ~0.3 s against 12.5 s), and X's bins are the same either way: LightGBM bins
         every feature on its own, from the same seeded sample of rows.
         """
+        self.add_column("action_code", a, av, params, categorical=True)
 
-        def column(codes: np.ndarray, reference: lgb.Dataset | None) -> lgb.Dataset:
+    def add_column(
+        self,
+        name: str,
+        values: np.ndarray,
+        values_valid: np.ndarray,
+        params: Mapping[str, Any],
+        *,
+        categorical: bool = False,
+    ) -> None:
+        """Add one column after the others (binned on its own, as :meth:`add_action`)."""
+
+        def column(v: np.ndarray, reference: lgb.Dataset | None) -> lgb.Dataset:
             return lgb.Dataset(
-                np.asarray(codes, dtype=np.float64)[:, None],
+                np.asarray(v, dtype=np.float64)[:, None],
                 reference=reference,
-                feature_name=["action_code"],
-                categorical_feature=[0],
+                feature_name=[name],
+                categorical_feature=[0] if categorical else [],
                 params=dict(params),
             ).construct()
 
-        action_train = column(a, None)
+        train = column(values, None)
         with warnings.catch_warnings():
             # The raw data was freed once binned (free_raw_data), which is all these say.
             warnings.filterwarnings("ignore", message="Cannot add features from")
             warnings.filterwarnings("ignore", message="Resetting categorical features")
-            self.train_set.add_features_from(action_train)
-            self.valid_set.add_features_from(column(av, action_train))
+            self.train_set.add_features_from(train)
+            self.valid_set.add_features_from(column(values_valid, train))
 
     def copy(
         self, sample: RowSample, y: np.ndarray, yv: np.ndarray

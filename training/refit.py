@@ -24,12 +24,14 @@ Measured in docs/TRAINING.md ("What limits the policy").
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from serving.engagement import ENGAGEMENT_COLUMN, EngagementModel
 from serving.scoring import OutcomeScorer
 from training.booster_average import average_boosters
 from training.datasets import TimeSplit
@@ -73,13 +75,15 @@ def refit_shared_offset(
     offset_features: Sequence[str] | None = None,
     offset_interactions: OffsetInteractions = "free",
     rows: np.ndarray | None = None,
+    engagement: EngagementModel | None = None,
 ) -> OutcomeScorer:
     """The ``shared_offset`` scorer of one outcome refit on the rows ``rows`` (default:
     all) of ``X``, ``a`` (action codes), ``y``, with the rounds of ``report`` (the split
     fit's, see the module docstring) times :data:`REFIT_ROUNDS_MULTIPLIER`; same
     parameters, negative subsample, offset features and interactions, and offset bag
-    (``report.offset_members`` boosters, training/offset_bagging.py) as
-    :func:`training.models.fit_outcome_models`.  Uncalibrated.  ``rows`` spares the
+    (``report.offset_members`` boosters, training/offset_bagging.py) and engagement model
+    (the split fit's: it is not refit) as :func:`training.models.fit_outcome_models`.
+    Uncalibrated.  ``rows`` spares the
     caller a copy of ``X`` (1.4 GB at 1M rows × 170 features)."""
     missing = {"base", "offset"} - set(report.best_iterations)
     if missing:
@@ -103,45 +107,64 @@ def refit_shared_offset(
         lgb.Dataset(Xs, ys, weight=sample.weights, feature_name=names),
         rounds["base"],
     )
-    restrict = offset_params(names, offset_features, offset_interactions)
+    offset_names, allowed = names, offset_features
+    if engagement is not None:
+        offset_names = [*names, ENGAGEMENT_COLUMN]
+        allowed = None if allowed is None else [*allowed, ENGAGEMENT_COLUMN]
+    restrict = offset_params(offset_names, allowed, offset_interactions)
     params_0 = {**p, **SHARED_OFFSET_PARAMS, **restrict}
+    fit = _OffsetFit(base, rounds, names, engagement, int(p["num_threads"]))
     # Member 0 on the base's rows, as before bagging; the others each on their own
     # negative sample (training/offset_bagging.py), one at a time: each is a copy of X.
-    members = [_fit_offset(params_0, Xs, a[rows_0], ys, sample, base, rounds, names)]
+    members = [fit(params_0, Xs, a[rows_0], ys, sample)]
     del Xs
     for j in range(1, report.offset_members):
         sample_j = negative_sample(y[rows], keep, member_seed(seed, j))
         rows_j = rows if sample_j.rows is None else rows[sample_j.rows]
         params_j = member_params(params_0, seed, j)
-        members.append(
-            _fit_offset(params_j, X[rows_j], a[rows_j], y[rows_j], sample_j, base, rounds, names)
-        )
+        members.append(fit(params_j, X[rows_j], a[rows_j], y[rows_j], sample_j))
     offset = members[0] if len(members) == 1 else average_boosters(members)
     return OutcomeScorer(
-        formulation="shared_offset", actions=actions, boosters={"base": base, "offset": offset}
+        formulation="shared_offset",
+        actions=actions,
+        boosters={"base": base, "offset": offset},
+        engagement=engagement,
     )
 
 
-def _fit_offset(
-    params: Mapping[str, Any],
-    Xs: np.ndarray,
-    a_s: np.ndarray,
-    ys: np.ndarray,
-    sample: RowSample,
-    base: lgb.Booster,
-    rounds: Mapping[str, int],
-    names: list[str],
-) -> lgb.Booster:
-    """One offset booster on the rows ``Xs`` (a negative sample), over the base's scores."""
-    with_action = lgb.Dataset(
-        np.column_stack([Xs, a_s.astype(np.float64)]),
-        ys,
-        weight=sample.weights,
-        init_score=base.predict(Xs, raw_score=True),
-        feature_name=[*names, "action_code"],
-        categorical_feature=[len(names)],
-    )
-    return lgb.train(dict(params), with_action, rounds["offset"])
+@dataclass(frozen=True)
+class _OffsetFit:
+    """Fits one offset booster over the refit base's scores, with the engagement column
+    when there is an engagement model."""
+
+    base: lgb.Booster
+    rounds: Mapping[str, int]
+    names: list[str]
+    engagement: EngagementModel | None
+    threads: int
+
+    def __call__(
+        self,
+        params: Mapping[str, Any],
+        Xs: np.ndarray,
+        a_s: np.ndarray,
+        ys: np.ndarray,
+        sample: RowSample,
+    ) -> lgb.Booster:
+        """One offset booster on the rows ``Xs`` (a negative sample)."""
+        columns, names = [Xs], list(self.names)
+        if self.engagement is not None:
+            columns.append(self.engagement.logged(Xs, a_s, self.threads)[:, None])
+            names.append(ENGAGEMENT_COLUMN)
+        with_action = lgb.Dataset(
+            np.column_stack([*columns, a_s.astype(np.float64)]),
+            ys,
+            weight=sample.weights,
+            init_score=self.base.predict(Xs, raw_score=True),
+            feature_name=[*names, "action_code"],
+            categorical_feature=[len(names)],
+        )
+        return lgb.train(dict(params), with_action, self.rounds["offset"])
 
 
 def refit_outcomes(

@@ -23,6 +23,7 @@ import pandas as pd
 from features.catalog import Catalog
 from features.pipeline import compute_features
 from serving.bundle import load_bundle
+from serving.engagement import ENGAGEMENT_COLUMN
 from serving.engine import DecisionEngine
 from training import plots, report, tracking
 from training.evaluation import summarize_policy_table
@@ -192,20 +193,26 @@ def _log_plots(result: TrainResult) -> None:
         figures["plots/qini_curves.png"] = plots.qini_figure(result.qini_curves)
     names = list(bundle.spec.feature_names)
     for target, scorer in (("conversion", bundle.conversion), ("churn", bundle.churn)):
-        gains = _importance(scorer.boosters, len(names))
+        columns = [*names, *([] if scorer.engagement is None else [ENGAGEMENT_COLUMN]), "action"]
         figures[f"plots/importance_{target}.png"] = plots.importance_figure(
-            [*names, "action"], gains, f"What drives the {target} model"
+            columns, _importance(scorer.boosters, columns), f"What drives the {target} model"
         )
     for path, fig in figures.items():
         mlflow.log_figure(fig, path)
         plt.close(fig)
 
 
-def _importance(boosters: dict[str, Any], n_features: int) -> np.ndarray:
-    total = np.zeros(n_features + 1)
+def _importance(boosters: dict[str, Any], columns: list[str]) -> np.ndarray:
+    """Total gain per column of ``columns`` (the features, the engagement if any, the
+    action) over the boosters: each reads the features first, and the action-aware ones
+    the rest of the columns after them (the action code always last)."""
+    total = np.zeros(len(columns))
     for booster in boosters.values():
         gain = np.asarray(booster.feature_importance(importance_type="gain"), dtype=float)
-        total[: len(gain)] += gain
+        if len(gain) == len(columns):
+            total += gain
+        else:  # a booster of the features alone (base, offset or per-action)
+            total[: len(gain)] += gain
     return total
 
 

@@ -26,6 +26,7 @@ from serving.engine import DecisionEngine
 from serving.scoring import Formulation, OutcomeScorer
 from training.datasets import TimeSplit, make_time_split
 from training.effect_features import OffsetInteractions, effect_features
+from training.engagement import engagement_labels, fit_engagement
 from training.evaluation import (
     LoggedRounds,
     choose_best_single_action,
@@ -77,6 +78,10 @@ class TrainConfig:
     #: branch splits on the action and one other feature: an additive effect per action;
     #: the default, by measurement: docs/TRAINING.md) or ``free``.
     offset_interactions: OffsetInteractions = "pairwise"
+    #: ``on``: the shared offset booster also reads the candidate action's engagement, the
+    #: chance it is opened or clicked (serving/engagement.py; the default, by measurement:
+    #: docs/TRAINING.md, "Engagement"); ``off``: it does not.
+    engagement: Literal["on", "off"] = "on"
     #: Boosters averaged in the shared offset, each on its own negative subsample
     #: (training/offset_bagging.py; by measurement: docs/TRAINING.md); 1: one booster.
     offset_members: int = OFFSET_MEMBERS
@@ -238,6 +243,17 @@ def fit_and_evaluate(
     candidates = (
         list(COMPARED_FORMULATIONS) if config.formulation == "compare" else [config.formulation]
     )
+    engagement = None
+    if config.engagement == "on" and "shared_offset" in candidates:
+        progress("fitting the engagement model (the sends' opens and clicks)")
+        engaged = engagement_labels(events, table, {a.id: a.channel for a in catalog.actions})
+        engagement = fit_engagement(
+            X_train, codes[train_idx], engaged[train_idx],
+            X_valid, codes[valid_idx], engaged[valid_idx],
+            feature_names=list(spec.feature_names), actions=actions, catalog=catalog,
+            seed=config.seed, progress=progress,
+        )  # fmt: skip
+        counts["engaged_sends_train"] = int(engaged[train_idx].sum())
     fitted: dict[str, tuple[OutcomeScorer, OutcomeScorer, dict[str, FitReport]]] = {}
     comparison: dict[str, float] = {}
     for i, formulation in enumerate(candidates):
@@ -265,6 +281,7 @@ def fit_and_evaluate(
             offset_features=_offset_features(config, formulation, spec),
             offset_members=config.offset_members,
             offset_interactions=_offset_interactions(config, formulation),
+            engagement=engagement if formulation == "shared_offset" else None,
             side_job=None if i else fit_propensity,
             progress=progress,  # binning and each booster, as they finish
         )
@@ -318,6 +335,7 @@ def fit_and_evaluate(
             "split": split.to_dict(),
             "seed": config.seed,
             "refit": config.refit if "rows_refit" in counts else "none",
+            "engagement": conversion.engagement is not None,
         },
     )
     # Evaluate the bundle as serving will load it, not the in-memory objects.
@@ -392,6 +410,7 @@ def _refit_before_test(
         negative_keep=config.negative_keep,
         offset_features=_offset_features(config, "shared_offset", spec),
         offset_interactions=config.offset_interactions,
+        engagement=split_fit[0].engagement,
     )
     for scorer, (target, new) in zip(split_fit, refitted.items(), strict=True):
         new.calibration = scorer.calibration

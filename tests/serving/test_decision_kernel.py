@@ -98,7 +98,7 @@ def test_row_decision_breaks_score_ties_by_action_code(bundle: Bundle) -> None:
     x[cols.days_since] = np.nan
     x[cols.consent[cols.consent >= 0]] = 1.0
     for scorer in (engine.bundle.conversion, engine.bundle.churn):
-        object.__setattr__(scorer, "predict_row", lambda x: np.full(n, 0.1))
+        object.__setattr__(scorer, "predict_row", lambda x, engagement=None: np.full(n, 0.1))
     try:
         row = engine.decide_row(x, BASE_NS, 0.5)
     finally:

@@ -47,3 +47,34 @@ def test_compare_grades_every_formulation_and_keeps_the_best(tmp_path: Path) -> 
     assert all(np.isfinite(v) for v in values.values())
     assert result.formulation == max(values, key=values.__getitem__)
     assert result.engine.bundle.metadata["formulation"] == result.formulation
+
+
+@pytest.mark.slow
+def test_engagement_on_puts_its_model_in_the_bundle_and_off_leaves_it_out(tmp_path: Path) -> None:
+    sim = simulate(n_customers=600, days=300, seed=4)
+    catalog = catalog_from_dict(sim.catalog)
+    engines = {}
+    for engagement in ("on", "off"):
+        result = fit_and_evaluate(
+            sim.events,
+            sim.customers,
+            catalog,
+            TrainConfig(engagement=engagement, n_bootstrap=10),  # type: ignore[arg-type]
+            bundle_dir=tmp_path / engagement,
+            model_version=engagement,
+        )
+        assert result.engine.bundle.metadata["engagement"] is (engagement == "on")
+        assert (tmp_path / engagement / "engagement.txt").is_file() is (engagement == "on")
+        engines[engagement] = result.engine
+    on, off = engines["on"].bundle, engines["off"].bundle
+    assert on.conversion.engagement is on.churn.engagement is not None
+    assert off.conversion.engagement is None
+    n = len(on.spec.feature_names)
+    assert on.conversion.boosters["offset"].num_feature() == n + 2
+    assert off.conversion.boosters["offset"].num_feature() == n + 1
+    # The engagement model reads the customer attributes, and a send lands more often on
+    # some channels than on others.
+    assert all(name.startswith("attr_") for name in on.conversion.engagement.inputs)
+    X = result.test_rounds.X[:200]
+    every = on.conversion.engagement.per_action(X)
+    assert (every[:, 0] == 0).all() and np.ptp(every[:, 1:].mean(axis=0)) > 0.05
