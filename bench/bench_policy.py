@@ -20,7 +20,9 @@ fit the models on the labels stopped at the next send (``training/labels.py``);
 ``touchpoint train``, only ``training.effect_features``; ``all``: every feature),
 ``--offset-interactions`` how its trees may combine them (by default, as in ``touchpoint
 train``, ``pairwise``: the action and one other feature per branch; ``free``),
-``--offset-members`` how many boosters its bag averages (``training/offset_bagging.py``), and
+``--offset-members`` how many boosters its bag averages (``training/offset_bagging.py``),
+``--engagement off`` leaves out its engagement column (``serving/engagement.py``; by
+default, as in ``touchpoint train``, ``on``), and
 ``--refit all`` (or ``--refit-all``) refits it on every labelled row and ``--refit pre-test``
 on the rows before the test period, as ``touchpoint train --refit pre-test`` does
 (``training/refit.py``).  The measurements are in docs/TRAINING.md, "What limits the
@@ -58,6 +60,7 @@ from serving.policy import expected_values as action_values  # noqa: E402
 from serving.policy import greedy  # noqa: E402
 from training.datasets import make_time_split  # noqa: E402
 from training.effect_features import effect_features  # noqa: E402
+from training.engagement import engagement_labels, fit_engagement  # noqa: E402
 from training.labels import (  # noqa: E402
     CHURN_LABELS,
     CONVERSION_LABELS,
@@ -125,6 +128,13 @@ def main() -> None:
         "other feature (pairwise, the default, as in touchpoint train) or on any (free)",
     )
     parser.add_argument(
+        "--engagement",
+        choices=("on", "off"),
+        default="on",
+        help="shared_offset: the offset also reads the candidate's engagement, its chance to "
+        "be opened or clicked (on, the default, as in touchpoint train; serving/engagement.py)",
+    )
+    parser.add_argument(
         "--offset-members",
         type=int,
         default=OFFSET_MEMBERS,
@@ -184,6 +194,14 @@ def main() -> None:
         f"({tr.sum():,} train, {va.sum():,} valid) in {time.perf_counter() - started:.0f}s"
     )
 
+    engagement = None
+    if args.engagement == "on" and "shared_offset" in args.formulations.split(","):
+        engaged = engagement_labels(events, table, {a.id: a.channel for a in catalog.actions})
+        engagement = fit_engagement(
+            X[tr], codes[tr], engaged[tr], X[va], codes[va], engaged[va],
+            feature_names=list(spec.feature_names), actions=actions, catalog=catalog,
+            seed=args.seed, progress=print,
+        )  # fmt: skip
     cat = catalog.to_dict()
     for name, choices in (
         ("best single action (from truth)", best_single_action_choices(truth, cat)),
@@ -200,6 +218,7 @@ def main() -> None:
         offset_features = effect_features(names) if restrict else None
         shared = formulation == "shared_offset"
         interactions = args.offset_interactions if shared else "free"
+        with_engagement = engagement if shared else None
         for target in targets:
             y = labels[target].to_numpy(dtype=np.float64)
             scorer, report = fit_outcome_model(
@@ -207,6 +226,7 @@ def main() -> None:
                 actions=actions, formulation=formulation,  # type: ignore[arg-type]
                 feature_names=names, seed=args.seed, offset_features=offset_features,
                 offset_members=args.offset_members, offset_interactions=interactions,
+                engagement=with_engagement,
             )  # fmt: skip
             refit = "all" if args.refit_all else args.refit
             if refit != "none" and formulation == "shared_offset":
@@ -217,7 +237,7 @@ def main() -> None:
                 refitted = refit_shared_offset(
                     X[rows_], codes[rows_], y[rows_], report, actions=actions, seed=args.seed,
                     feature_names=names, offset_features=offset_features,
-                    offset_interactions=interactions,
+                    offset_interactions=interactions, engagement=with_engagement,
                 )  # fmt: skip
                 if refit == "pre-test":  # as touchpoint train --refit pre-test does
                     refitted.calibration = scorer.calibration
