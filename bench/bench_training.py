@@ -44,6 +44,12 @@ effects|all`` (default as ``touchpoint train``, ``effects``) what they may split
 :func:`effect_stand_ins` picks their stand-ins).  The restriction changes the rounds the
 offset takes, not the work per round (``feature_contri``).
 
+``--engagement on|off`` (``shared_offset``; default as ``touchpoint train``, ``on``): the
+engagement model (``training/engagement.py``) is fitted first, on the send rows, as
+``training.train`` does, and its column added to the offset's; its time (``engagement_s``)
+is in the total.  The synthetic sends' opens depend on :func:`engagement_stand_ins` and
+the action's channel.
+
 Peak RSS is reported twice: for the fit alone (the child resets ``VmHWM`` through
 ``/proc/self/clear_refs`` once the data is in memory, then reads it after the fit) and for the
 whole child process, data generation included (the larger of ``ru_maxrss`` from ``os.wait4``
@@ -70,6 +76,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.memory import reset_peak, status_mb  # noqa: E402
+from features.catalog import load_catalog  # noqa: E402
+from training.engagement import fit_engagement  # noqa: E402
 from training.models import (  # noqa: E402
     DEFAULT_EARLY_STOPPING,
     DEFAULT_PARAMS,
@@ -311,6 +319,26 @@ def fit_propensities(
     return rounds
 
 
+def engagement_stand_ins(names: list[str]) -> list[str]:
+    """The synthetic table's stand-ins for the customer attributes the engagement model
+    reads (``attr_*`` in ``touchpoint train``; 5 on the default catalog): the first four
+    ``code_*`` columns and the first ``rate_*``."""
+    codes = [name for name in names if name.startswith("code_")][:4]
+    rates = [name for name in names if name.startswith("rate_")][:1]
+    return [*codes, *rates]
+
+
+def _engaged(X: np.ndarray, a: np.ndarray, names: list[str], seed: int) -> np.ndarray:
+    """Synthetic opens of the send rows: a third on average, by channel and stand-ins."""
+    rng = np.random.default_rng(seed + 2)
+    cols = [names.index(name) for name in engagement_stand_ins(names)]
+    w = rng.normal(0.0, 0.4, (len(ACTIONS), len(cols)))
+    inputs = np.nan_to_num(X[:, cols])
+    inputs = (inputs - inputs.mean(axis=0)) / (inputs.std(axis=0) + 1e-9)
+    logit = -0.7 + (inputs * w[a]).sum(axis=1)
+    return (a > 0) & (rng.random(len(a)) < _sigmoid(logit))
+
+
 def run_child(
     rows: int,
     n_features: int,
@@ -324,6 +352,7 @@ def run_child(
     offset_members: int = OFFSET_MEMBERS,
     offset_interactions: str = "pairwise",
     offset_features: str = "effects",
+    engagement: str = "on",
 ) -> dict[str, Any]:
     t = time.perf_counter()
     X, a, y_conv, y_churn, names = synthetic_table(rows, n_features, seed)
@@ -348,7 +377,11 @@ def run_child(
         "offset_members": offset_members,
         "offset_interactions": offset_interactions,
         "offset_features": offset_features,
+        "engagement": engagement if formulation == "shared_offset" else "off",
     }
+    with_engagement = formulation == "shared_offset" and engagement == "on"
+    engaged_t = _engaged(Xt, at, names, seed) if with_engagement else None
+    engaged_v = _engaged(Xv, av, names, seed + 1) if with_engagement else None
     del tr, va, a, y_conv, y_churn
     res["generate_peak_mb"] = round(status_mb("VmHWM"), 1)
     res["data_rss_mb"] = round(status_mb("VmRSS"), 1)
@@ -421,6 +454,17 @@ def run_child(
         shared = formulation == "shared_offset"
         interactions = offset_interactions if shared else "free"
         restrict = effect_stand_ins(names) if shared and offset_features == "effects" else None
+        model = None
+        if engaged_t is not None and engaged_v is not None:
+            # First, as training.train does: the offset's datasets need its column.
+            t3 = time.perf_counter()
+            stand_ins = set(engagement_stand_ins(names))
+            model = fit_engagement(
+                Xt, at, engaged_t, Xv, av, engaged_v,
+                feature_names=[f"attr_{n}" if n in stand_ins else n for n in names],
+                actions=ACTIONS, catalog=load_catalog(None), seed=seed,
+            )  # fmt: skip
+            res["engagement_s"] = round(time.perf_counter() - t3, 2)
         fits = fit_outcome_models(
             Xt,
             at,
@@ -435,6 +479,7 @@ def run_child(
             offset_members=offset_members,
             offset_interactions=interactions,  # type: ignore[arg-type]
             offset_features=restrict,
+            engagement=model,
             progress=steps.append,
             side_job=None if sequential_propensity else side_job,
         )
@@ -452,7 +497,7 @@ def run_child(
                 {"conversion": np.concatenate([yct, ycv]), "churn": np.concatenate([yht, yhv])},
                 {target: report for target, (_scorer, report) in fits.items()},
                 actions=ACTIONS, seed=seed, feature_names=names,
-                offset_interactions=interactions, offset_features=restrict,
+                offset_interactions=interactions, offset_features=restrict, engagement=model,
             )  # fmt: skip
             del X_all
             res["refit_rows"] = len(a_all)
@@ -492,6 +537,7 @@ def _measure(args: argparse.Namespace, formulation: str, repeat: int) -> dict[st
     cmd += ["--offset-members", str(args.offset_members)]
     cmd += ["--offset-interactions", args.offset_interactions]
     cmd += ["--offset-features", args.offset_features]
+    cmd += ["--engagement", args.engagement]
     env = os.environ.copy()
     if args.omp_wait_policy != "inherit":
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
@@ -630,6 +676,13 @@ def main(argv: list[str] | None = None) -> int:
         help="shared_offset: the offset splits on the synthetic stand-ins of the effect "
         "features (effects, the default, as touchpoint train; effect_stand_ins) or on all",
     )
+    parser.add_argument(
+        "--engagement",
+        choices=["on", "off"],
+        default="on",
+        help="shared_offset: fit the engagement model first and give the offset its column "
+        "(on, the default, as touchpoint train; training/engagement.py) or not",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -647,6 +700,7 @@ def main(argv: list[str] | None = None) -> int:
             args.offset_members,
             args.offset_interactions,
             args.offset_features,
+            args.engagement,
         )
         print(json.dumps(child))
         return 0
@@ -670,6 +724,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(results))
     print()
     for res in results:
+        if "engagement_s" in res:
+            print(f"  engagement model: {res['engagement_s']} s, before the outcome models")
         if res.get("outcome_steps"):
             print(f"{res['formulation']} (repeat {res['repeat']}), conversion + churn, by step:")
             print("\n".join(f"  {step}" for step in res["outcome_steps"]))
