@@ -303,6 +303,8 @@ class _RowLogits:
         self.action_column, self.n_features = action_column, n_features
         self.engagement_column = engagement_column
         self._no_engagement = np.zeros(action_trees.shape[0])
+        # The widest row a booster reads: the features, then the engagement and the action.
+        self.width = max(action_column, engagement_column, n_features - 1) + 1
 
     @classmethod
     def build(cls, scorer: OutcomeScorer) -> _RowLogits | None:
@@ -333,8 +335,7 @@ class _RowLogits:
 
     def __call__(self, x: np.ndarray, engagement: np.ndarray | None = None) -> np.ndarray:
         """The logits of row ``x``; ``engagement``: each action's, with an engagement model."""
-        width = max(self.action_column, self.engagement_column, self.n_features - 1) + 1
-        row = np.zeros(width)  # a scratch row per call: threads share self
+        row = np.zeros(self.width)  # a scratch row per call: threads share self
         row[: self.n_features] = x
         out = np.empty(self.action_trees.shape[0])
         values = self._no_engagement if engagement is None else engagement

@@ -83,8 +83,8 @@ def refit_shared_offset(
     parameters, negative subsample, offset features and interactions, and offset bag
     (``report.offset_members`` boosters, training/offset_bagging.py) and engagement model
     (the split fit's: it is not refit) as :func:`training.models.fit_outcome_models`.
-    Uncalibrated.  ``rows`` spares the
-    caller a copy of ``X`` (1.4 GB at 1M rows × 170 features)."""
+    Uncalibrated.  ``rows`` spares the caller a copy of ``X`` (1.4 GB at 1M rows × 170
+    features)."""
     missing = {"base", "offset"} - set(report.best_iterations)
     if missing:
         raise ValueError(
