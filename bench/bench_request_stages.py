@@ -166,6 +166,7 @@ def _explain_top(bundle: Bundle, row: RowDecision) -> None:
         p_conversion=row.p_conversion[top],
         p_churn=row.p_churn[top],
         versus=next((a for a in ranked if a != 0), None),
+        engagement=row.engagement,  # as serving.app hands it over
     )
 
 

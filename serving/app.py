@@ -198,6 +198,7 @@ class Service:
                 p_conversion=row.p_conversion[top],
                 p_churn=row.p_churn[top],
                 versus=next((a for a in ranked if a != 0), None),  # what `none` beats
+                engagement=row.engagement,
             )
         except Exception:  # reasons are an explanation, never a reason to fail the decision
             log.exception("explaining the decision failed")

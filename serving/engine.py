@@ -67,6 +67,9 @@ class RowDecision:
     order: np.ndarray  # action codes best first, ineligible ones last
     chosen: int  # the action drawn
     model_row: np.ndarray  # the feature row as the models saw it (float32 precision)
+    #: Each action's engagement as the models read it (serving/engagement.py); None
+    #: without an engagement model.  The reasons reuse it (serving.reasons.explain).
+    engagement: np.ndarray | None = None
 
     @property
     def ranked(self) -> list[int]:
@@ -169,7 +172,10 @@ class DecisionEngine:
             cols.total_in_window, self._action_column, self._action_cap, rules.quiet,
             self.costs, params, p_conv, p_churn, codes, scores, probs, order,
         )  # fmt: skip
-        return RowDecision(p_conv, p_churn, scores, codes, probs, order, int(chosen), X[0])
+        return RowDecision(
+            p_conv, p_churn, scores, codes, probs, order, int(chosen), X[0],
+            None if engagement is None else engagement[0],
+        )  # fmt: skip
 
     def distribution(self, scored: ScoredRows) -> np.ndarray:
         """Exact action probabilities under the catalog's exploration settings."""

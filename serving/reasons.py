@@ -54,21 +54,26 @@ def explain(
     p_churn: Sequence[float] | np.ndarray | None = None,
     versus: int | None = None,
     top: int = 3,
+    engagement: Sequence[float] | np.ndarray | None = None,
 ) -> list[list[str]]:
     """Reasons for each action code in ``codes`` (see the module docstring), best first.
 
     ``x`` is one feature row in ``spec.feature_names`` order.  ``p_conversion`` and
     ``p_churn`` are the probabilities of each code (for the slopes); without them both
     outcomes are weighted by their value alone.  ``versus`` is the action ``none`` is
-    compared with (None: ``none`` gets no reasons).  Returns one list of at most ``top``
-    readable strings per code.
+    compared with (None: ``none`` gets no reasons).  ``engagement``: every action's, as
+    the decision read it (``RowDecision.engagement``), so that it is not computed again.
+    Returns one list of at most ``top`` readable strings per code.
     """
     codes = [int(c) for c in codes]
     if top <= 0:
         return [[] for _ in codes]
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     wanted, pairs = _rows(codes, versus)
-    with_action = bundle.conversion.model_rows(x[None, :], wanted)
+    given = None if engagement is None else np.asarray(engagement, dtype=np.float64)[wanted]
+    with_action = bundle.conversion.model_rows(
+        x[None, :], wanted, None if given is None else given[None, :]
+    )
     objective = bundle.catalog.objective
     # The slopes stay in numpy, in the probabilities' own precision (float32 in, float32
     # slopes): computed in the kernel they would round differently and could swap ties.

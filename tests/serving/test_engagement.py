@@ -101,6 +101,15 @@ def test_per_action_is_zero_for_none_and_logged_picks_each_row_s_action(
     np.testing.assert_array_equal(engagement.per_action(X, [3, 0]), every[:, [3, 0]])
 
 
+def test_one_row_agrees_with_a_batch_to_the_bit(engagement: EngagementModel) -> None:
+    """A request's few rows take LightGBM's single-row path, a batch its matrix path: the
+    same probabilities to the bit, NaN inputs included."""
+    X = _X(3, 200)  # row 0 is all NaN
+    batch = engagement.per_action(X)
+    rows = np.array([engagement.per_action(X[i : i + 1])[0] for i in range(len(X))])
+    np.testing.assert_array_equal(rows, batch)
+
+
 def test_the_model_checks_its_shape(engagement: EngagementModel) -> None:
     with pytest.raises(ValueError, match="reads 3 columns"):
         EngagementModel(engagement.booster, INPUTS[:1], (0,), CHANNELS, ACTION_CHANNELS)
@@ -214,6 +223,11 @@ def test_reasons_name_the_engagement_and_add_up(engagement: EngagementModel) -> 
         p = conversion.predict_raw(x[None, :])[0]
         logit = np.log(p / (1 - p))
         np.testing.assert_allclose(contrib[1:].sum(axis=1), logit[1:] - logit[0], atol=1e-9)
-        for reasons in explain(bundle, x, codes, versus=1):
+        reasons_x = explain(bundle, x, codes, versus=1)
+        for reasons in reasons_x:
             named += sum(r.startswith("engagement=") and "%" in r for r in reasons)
+        # The decision's engagement, handed over, gives the same reasons.
+        given = conversion.engagement_of(x[None, :])
+        assert given is not None
+        assert explain(bundle, x, codes, versus=1, engagement=given[0]) == reasons_x
     assert named > 0
