@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
 
 from features.catalog import load_catalog
 from serving.engagement import ENGAGEMENT_COLUMN, EngagementModel
+from tests.training.test_offset_interactions import _branch_features
 from training.engagement import (
     ENGAGEMENT_HOURS,
     engagement_inputs,
@@ -212,23 +212,6 @@ def test_fit_engagement_without_engaged_sends_is_none() -> None:
 
 
 # ---------------------------------------------------------------------------- offset
-def _branch_features(booster: lgb.Booster) -> list[set[int]]:
-    """The split features of every root-to-leaf path of every tree."""
-    paths: list[set[int]] = []
-
-    def walk(node: dict[str, Any], seen: frozenset[int]) -> None:
-        if "split_feature" not in node:  # a leaf
-            paths.append(set(seen))
-            return
-        here = seen | {int(node["split_feature"])}
-        walk(node["left_child"], here)
-        walk(node["right_child"], here)
-
-    for tree in booster.dump_model()["tree_info"]:
-        walk(tree["tree_structure"], frozenset())
-    return paths
-
-
 def _conversions(
     model: EngagementModel, n: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
