@@ -89,6 +89,14 @@ SHARED_OFFSET_PARAMS: Mapping[str, Any] = {
     "cat_smooth": 50.0,
     "min_data_per_group": 200,
 }
+#: With the engagement column (serving/engagement.py), the shared offset's trees are
+#: smaller: how each action works is then mostly a function of one column, its
+#: engagement, and small trees of the action and one feature (pairwise) fit it with less
+#: noise.  Measured with ``bench/bench_policy.py`` (docs/TRAINING.md, "Engagement"):
+#: mean oracle fraction over fourteen (world, seed) pairs 0.710 with 15 leaves, 0.737
+#: with 7, 0.750 with 4 (better than 15 on 9 of 14, the worst case 0.568 -> 0.689); 31
+#: leaves lost.  Without the column the offset keeps 15 (7 lost there, docs/TRAINING.md).
+ENGAGEMENT_OFFSET_PARAMS: Mapping[str, Any] = {"num_leaves": 4}
 #: Share of each outcome's negative rows its boosters train on (see :func:`negative_sample`).
 #: 0.3 on the 1M benchmark: the boosters train on ~37% (conversion) and ~34% (churn) of
 #: the 800k rows.  On 200k synthetic rows the fit took 36.6 instead of 75.8 CPU s, for a
@@ -388,7 +396,8 @@ def fit_outcome_models(
             offset_names = [*names, ENGAGEMENT_COLUMN]
             allowed = None if allowed is None else [*allowed, ENGAGEMENT_COLUMN]
         restrict = offset_params(offset_names, allowed, offset_interactions)
-        with_action_params = {**p, **SHARED_OFFSET_PARAMS, **restrict}
+        smaller = ENGAGEMENT_OFFSET_PARAMS if engagement is not None else {}
+        with_action_params = {**p, **SHARED_OFFSET_PARAMS, **smaller, **restrict}
     else:
         key, with_action_params = "all", p
     if engagement is not None:

@@ -37,6 +37,7 @@ from training.booster_average import average_boosters
 from training.datasets import TimeSplit
 from training.effect_features import OffsetInteractions, offset_params
 from training.models import (
+    ENGAGEMENT_OFFSET_PARAMS,
     NEGATIVE_KEEP,
     SHARED_BASE_PARAMS,
     SHARED_OFFSET_PARAMS,
@@ -112,7 +113,8 @@ def refit_shared_offset(
         offset_names = [*names, ENGAGEMENT_COLUMN]
         allowed = None if allowed is None else [*allowed, ENGAGEMENT_COLUMN]
     restrict = offset_params(offset_names, allowed, offset_interactions)
-    params_0 = {**p, **SHARED_OFFSET_PARAMS, **restrict}
+    smaller = ENGAGEMENT_OFFSET_PARAMS if engagement is not None else {}
+    params_0 = {**p, **SHARED_OFFSET_PARAMS, **smaller, **restrict}
     fit = _OffsetFit(base, rounds, names, engagement, int(p["num_threads"]))
     # Member 0 on the base's rows, as before bagging; the others each on their own
     # negative sample (training/offset_bagging.py), one at a time: each is a copy of X.
