@@ -391,13 +391,9 @@ def fit_outcome_models(
             base_params = {**p, **SHARED_BASE_PARAMS, "num_threads": threads}
             chains[outcome].append(_Stage("base", base_params, train, valid))
         key = "offset"
-        offset_names, allowed = names, offset_features
-        if engagement is not None:
-            offset_names = [*names, ENGAGEMENT_COLUMN]
-            allowed = None if allowed is None else [*allowed, ENGAGEMENT_COLUMN]
-        restrict = offset_params(offset_names, allowed, offset_interactions)
-        smaller = ENGAGEMENT_OFFSET_PARAMS if engagement is not None else {}
-        with_action_params = {**p, **SHARED_OFFSET_PARAMS, **smaller, **restrict}
+        with_action_params = shared_offset_params(
+            p, names, offset_features, offset_interactions, engagement is not None
+        )
     else:
         key, with_action_params = "all", p
     if engagement is not None:
@@ -483,6 +479,27 @@ def fit_outcome_models(
         fitted[outcome] = (scorer, report)
     say(f"  boosters and calibration choice: {time.perf_counter() - started:.1f} s")
     return fitted
+
+
+def shared_offset_params(
+    params: Mapping[str, Any],
+    feature_names: Sequence[str],
+    offset_features: Sequence[str] | None,
+    offset_interactions: OffsetInteractions,
+    engagement: bool,
+) -> dict[str, Any]:
+    """The LightGBM parameters of the shared offset booster on ``[X, action]`` (``[X,
+    engagement, action]`` with an engagement column, one more allowed feature): ``params``,
+    :data:`SHARED_OFFSET_PARAMS` (and :data:`ENGAGEMENT_OFFSET_PARAMS`), the restriction to
+    ``offset_features`` and ``offset_interactions``.  The fit and the refit alike."""
+    names, allowed = list(feature_names), offset_features
+    smaller: Mapping[str, Any] = {}
+    if engagement:
+        names = [*names, ENGAGEMENT_COLUMN]
+        allowed = None if allowed is None else [*allowed, ENGAGEMENT_COLUMN]
+        smaller = ENGAGEMENT_OFFSET_PARAMS
+    restrict = offset_params(names, allowed, offset_interactions)
+    return {**params, **SHARED_OFFSET_PARAMS, **smaller, **restrict}
 
 
 @dataclass

@@ -35,17 +35,16 @@ from serving.engagement import ENGAGEMENT_COLUMN, EngagementModel
 from serving.scoring import OutcomeScorer
 from training.booster_average import average_boosters
 from training.datasets import TimeSplit
-from training.effect_features import OffsetInteractions, offset_params
+from training.effect_features import OffsetInteractions
 from training.models import (
-    ENGAGEMENT_OFFSET_PARAMS,
     NEGATIVE_KEEP,
     SHARED_BASE_PARAMS,
-    SHARED_OFFSET_PARAMS,
     FitReport,
     RowSample,
     _names,
     _params,
     negative_sample,
+    shared_offset_params,
 )
 from training.offset_bagging import member_params, member_seed
 
@@ -108,13 +107,9 @@ def refit_shared_offset(
         lgb.Dataset(Xs, ys, weight=sample.weights, feature_name=names),
         rounds["base"],
     )
-    offset_names, allowed = names, offset_features
-    if engagement is not None:
-        offset_names = [*names, ENGAGEMENT_COLUMN]
-        allowed = None if allowed is None else [*allowed, ENGAGEMENT_COLUMN]
-    restrict = offset_params(offset_names, allowed, offset_interactions)
-    smaller = ENGAGEMENT_OFFSET_PARAMS if engagement is not None else {}
-    params_0 = {**p, **SHARED_OFFSET_PARAMS, **smaller, **restrict}
+    params_0 = shared_offset_params(
+        p, names, offset_features, offset_interactions, engagement is not None
+    )
     fit = _OffsetFit(base, rounds, names, engagement, int(p["num_threads"]))
     # Member 0 on the base's rows, as before bagging; the others each on their own
     # negative sample (training/offset_bagging.py), one at a time: each is a copy of X.
