@@ -94,8 +94,8 @@ SHARED_OFFSET_PARAMS: Mapping[str, Any] = {
 #: engagement, and small trees of the action and one feature (pairwise) fit it with less
 #: noise.  Measured with ``bench/bench_policy.py`` (docs/TRAINING.md, "Engagement"):
 #: mean oracle fraction over fourteen (world, seed) pairs 0.710 with 15 leaves, 0.737
-#: with 7, 0.750 with 4 (better than 15 on 9 of 14, the worst case 0.568 -> 0.689); 31
-#: leaves lost.  Without the column the offset keeps 15 (7 lost there, docs/TRAINING.md).
+#: with 7, 0.750 with 4 (better than 15 on 9 of 14, the worst case 0.568 -> 0.689); 3 and
+#: 31 leaves lost.  Without the column the offset keeps 15 (7 lost there, docs/TRAINING.md).
 ENGAGEMENT_OFFSET_PARAMS: Mapping[str, Any] = {"num_leaves": 4}
 #: Share of each outcome's negative rows its boosters train on (see :func:`negative_sample`).
 #: 0.3 on the 1M benchmark: the boosters train on ~37% (conversion) and ~34% (churn) of
