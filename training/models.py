@@ -110,7 +110,16 @@ MIN_ACTION_ROWS = 50
 @dataclass(frozen=True)
 class SideJobSignals:
     """What :func:`fit_outcome_models` tells its ``side_job``: two events to poll between
-    rounds (e.g. from a LightGBM callback) and the thread count of the whole fit."""
+    rounds (e.g. from a LightGBM callback) and the thread counts it may use.
+
+    LightGBM 4 keeps one thread count for the whole process, and every call that takes a
+    ``num_threads`` (a dataset, a booster, a prediction) sets it; a booster training in
+    another Python thread then sizes its per-thread buffers by one count and runs its
+    parallel loops with the other, which can crash the process (a segfault in an OpenMP
+    worker; LightGBM's docs: do not change ``num_threads`` while another job trains).
+    So until ``chains_done`` is set, every LightGBM call of the job passes exactly
+    ``chain_threads``.
+    """
 
     #: Set once every outcome chain has finished: their cores are free, and the job may use
     #: ``num_threads`` LightGBM threads for its remaining rounds.
@@ -120,6 +129,8 @@ class SideJobSignals:
     failed: threading.Event
     #: LightGBM threads of the whole fit (``num_threads`` of the outcome models' parameters).
     num_threads: int
+    #: LightGBM threads each chain trains with: the job's count until ``chains_done``.
+    chain_threads: int
 
 
 @dataclass
@@ -322,8 +333,9 @@ def fit_outcome_models(
     one trains, and the job fills it instead of adding its time before (1M benchmark,
     quiet machine: the churn chain ends ~14 s before the conversion chain, and the ~16 s
     propensity model ends ~3 s after it).  It is called with a :class:`SideJobSignals`.
-    Give it one thread's work (one LightGBM thread) until ``chains_done`` is set, and then
-    ``num_threads``: on a small log the chains end long before the job (README demo,
+    Give it one chain's threads (``chain_threads``, the only count it may pass to LightGBM
+    while a chain trains: see :class:`SideJobSignals`) until ``chains_done`` is set, and
+    then ``num_threads``: on a small log the chains end long before the job (README demo,
     ~244k rows: ~6 s against ~11 s), and one thread would leave the other core idle.
     (``offset`` and ``per_action`` run it first, alone, with ``chains_done`` already set.)
 
@@ -349,7 +361,7 @@ def fit_outcome_models(
         if side_job is not None:
             # Alone, before the outcome models: every thread is free from the start.
             threads = int(_params(params, seed)["num_threads"])
-            alone = SideJobSignals(threading.Event(), threading.Event(), threads)
+            alone = SideJobSignals(threading.Event(), threading.Event(), threads, threads)
             alone.chains_done.set()
             side_job(alone)
         return {
@@ -418,7 +430,7 @@ def fit_outcome_models(
     del shared
     say(f"  datasets of each booster (action column added): {time.perf_counter() - started:.1f} s")
 
-    signals = SideJobSignals(threading.Event(), threading.Event(), int(p["num_threads"]))
+    signals = SideJobSignals(threading.Event(), threading.Event(), int(p["num_threads"]), threads)
     lock = threading.Lock()
     running = [len(y_train)]  # chains not finished yet
     errors: list[BaseException] = []  # the first job's error; the others stopped because of it

@@ -153,8 +153,12 @@ class PropensityModel:
         self.thread_switch_round_ = None if switch is None else switch.switched_at
         return self
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        p = np.asarray(self.booster_.predict(X, num_threads=2), dtype=np.float64)
+    def predict_proba(self, X: np.ndarray, num_threads: int | None = None) -> np.ndarray:
+        """P(action | x) for every row; ``num_threads`` LightGBM threads (default: the
+        model's).  Beside a booster training in another thread, pass that booster's count
+        (training/models.py, SideJobSignals): LightGBM's thread count is one per process."""
+        threads = self.num_threads if num_threads is None else num_threads
+        p = np.asarray(self.booster_.predict(X, num_threads=threads), dtype=np.float64)
         p = np.clip(p, MIN_PROPENSITY, 1.0)
         return p / p.sum(axis=1, keepdims=True)
 
@@ -222,7 +226,10 @@ def cross_fitted_distribution(
             stop=stop,
         )
         scored = fold == k
-        dist[scored] = model.predict_proba(X[scored])
+        # The fit's thread count until ``more_threads`` is set, as its rounds had: another
+        # count here could crash a booster training beside it (SideJobSignals).
+        switched = more_threads is not None and more_threads.is_set()
+        dist[scored] = model.predict_proba(X[scored], threads_then if switched else num_threads)
         rounds.append(int(model.booster_.best_iteration))
     return dist, rounds
 

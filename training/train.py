@@ -211,8 +211,8 @@ def fit_and_evaluate(
     # The logging policy's distribution on the validation and test rows, each cross-fitted
     # on its own rows (training/propensity.py: a model of the training period misjudges the
     # later ones).  Fitted beside the first formulation's outcome models, on the core the
-    # shorter chain leaves idle (fit_outcome_models' side_job): one LightGBM thread while
-    # the other chain trains, all of them once both chains are done (on a small log the
+    # shorter chain leaves idle (fit_outcome_models' side_job): a chain's LightGBM threads
+    # (one) while the other chain trains, all of them once both chains are done (on a small log the
     # chains end long before it); the same models either way.
     logging_dist: dict[str, np.ndarray] = {}
 
@@ -225,7 +225,7 @@ def fit_and_evaluate(
                 table["customer_id"].to_numpy()[idx],
                 n_actions=len(actions),
                 seed=config.seed,
-                num_threads=1,
+                num_threads=signals.chain_threads,
                 more_threads=signals.chains_done,
                 threads_then=signals.num_threads,
                 stop=signals.failed,

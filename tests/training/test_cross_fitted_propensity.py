@@ -8,13 +8,17 @@ share grows from one period to the next, on the same features.
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
 
 from training.datasets import SplitError
 from training.evaluation import logged_rounds, none_weight
-from training.propensity import PropensityModel, cross_fitted_distribution
+from training.propensity import CROSS_FIT_FOLDS, PropensityModel, cross_fitted_distribution
 
 N_ACTIONS = 4
 
@@ -71,6 +75,35 @@ def test_the_same_seed_gives_the_same_distribution_and_another_seed_other_folds(
     other, _ = cross_fitted_distribution(X, a, customers, n_actions=N_ACTIONS, seed=8)
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
+
+
+def test_its_predictions_keep_the_fit_s_thread_count_until_more_threads_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LightGBM keeps one thread count per process, and a prediction sets it.  Beside an
+    outcome chain training with one thread (``fit_outcome_models``' side job), a
+    prediction with two crashed the process now and then (a segfault in an OpenMP worker
+    of lib_lightgbm.so): until ``more_threads`` is set, the predictions take the fit's
+    ``num_threads``, and ``threads_then`` after."""
+    X, a, customers = _log(2_000, none_logit=0.0, seed=3)
+    counts: list[int] = []
+    predict = lgb.Booster.predict
+
+    def spy(self: lgb.Booster, *args: Any, **kwargs: Any) -> Any:
+        out = predict(self, *args, **kwargs)
+        counts.append(int(lgb.basic._LIB.OMP_NUM_THREADS()))  # what the call left set
+        return out
+
+    monkeypatch.setattr(lgb.Booster, "predict", spy)
+    flag = threading.Event()
+    kw: dict[str, Any] = {"n_actions": N_ACTIONS, "more_threads": flag, "threads_then": 2}
+    one, _ = cross_fitted_distribution(X, a, customers, num_threads=1, **kw)
+    assert counts == [1] * CROSS_FIT_FOLDS
+    counts.clear()
+    flag.set()
+    two, _ = cross_fitted_distribution(X, a, customers, num_threads=1, **kw)
+    assert counts == [2] * CROSS_FIT_FOLDS
+    np.testing.assert_array_equal(one, two)  # the same distribution either way
 
 
 def test_too_few_customers_is_a_clear_error() -> None:

@@ -200,6 +200,25 @@ def test_side_job_takes_more_threads_once_the_chains_are_done() -> None:
     assert _text(after) == _text(before)
 
 
+@pytest.mark.parametrize(("num_threads", "chain_threads"), [(2, 1), (4, 2), (3, 1)])
+def test_side_job_is_told_the_chains_thread_count(num_threads: int, chain_threads: int) -> None:
+    """The only count the job may pass to LightGBM while a chain trains (SideJobSignals)."""
+    (X, a, y), (Xv, av, yv) = _split(3000)
+    told: list[tuple[int, int]] = []
+
+    def side_job(signals: SideJobSignals) -> None:
+        told.append((signals.chain_threads, signals.num_threads))
+
+    kw = {**FIT_KW, "params": {"num_threads": num_threads}}
+    fitted = fit_outcome_models(
+        X, a, y, Xv, av, yv, formulation="shared_offset", side_job=side_job, **kw
+    )
+    assert told == [(chain_threads, num_threads)]
+    for scorer, _report in fitted.values():
+        for booster in scorer.boosters.values():
+            assert int(booster.params["num_threads"]) == chain_threads
+
+
 def test_side_job_runs_in_the_other_formulations_too() -> None:
     (X, a, y), (Xv, av, yv) = _split(3000)
     ran: list[bool] = []
