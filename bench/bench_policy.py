@@ -22,7 +22,9 @@ fit the models on the labels stopped at the next send (``training/labels.py``);
 train``, ``pairwise``: the action and one other feature per branch; ``free``),
 ``--offset-members`` how many boosters its bag averages (``training/offset_bagging.py``),
 ``--engagement off`` leaves out its engagement column (``serving/engagement.py``; by
-default, as in ``touchpoint train``, ``on``), and
+default, as in ``touchpoint train``, ``on``), ``--offset-scale`` says whether the offset
+adds to the base's probability or to its log-odds (``serving/scoring.py``; by default as
+in ``touchpoint train``, ``training.train.OFFSET_SCALE``), and
 ``--refit all`` (or ``--refit-all``) refits it on every labelled row and ``--refit pre-test``
 on the rows before the test period, as ``touchpoint train --refit pre-test`` does
 (``training/refit.py``).  The measurements are in docs/TRAINING.md, "What limits the
@@ -78,7 +80,7 @@ from training.simulator import (  # noqa: E402
     write_simulation,
 )
 from training.simulator_eval import expected_values  # noqa: E402
-from training.train import TrainConfig, feature_spec_for  # noqa: E402
+from training.train import OFFSET_SCALE, TrainConfig, feature_spec_for  # noqa: E402
 from training.truth import campaign_moment, simulated_truth  # noqa: E402
 
 
@@ -126,6 +128,13 @@ def main() -> None:
         default="pairwise",
         help="shared_offset: each branch of an offset tree splits on the action and one "
         "other feature (pairwise, the default, as in touchpoint train) or on any (free)",
+    )
+    parser.add_argument(
+        "--offset-scale",
+        choices=("probability", "log_odds"),
+        default=OFFSET_SCALE,
+        help="shared_offset: the offset adds an action's effect to the base's probability "
+        f"or to its log-odds (default {OFFSET_SCALE}, as in touchpoint train)",
     )
     parser.add_argument(
         "--engagement",
@@ -227,6 +236,7 @@ def main() -> None:
                 feature_names=names, seed=args.seed, offset_features=offset_features,
                 offset_members=args.offset_members, offset_interactions=interactions,
                 engagement=with_engagement,
+                offset_scale=args.offset_scale if shared else "log_odds",
             )  # fmt: skip
             refit = "all" if args.refit_all else args.refit
             if refit != "none" and formulation == "shared_offset":
@@ -238,6 +248,7 @@ def main() -> None:
                     X[rows_], codes[rows_], y[rows_], report, actions=actions, seed=args.seed,
                     feature_names=names, offset_features=offset_features,
                     offset_interactions=interactions, engagement=with_engagement,
+                    offset_scale=scorer.offset_scale,
                 )  # fmt: skip
                 if refit == "pre-test":  # as touchpoint train --refit pre-test does
                     refitted.calibration = scorer.calibration

@@ -50,6 +50,10 @@ engagement model (``training/engagement.py``) is fitted first, on the send rows,
 is in the total.  The synthetic sends' opens depend on :func:`engagement_stand_ins` and
 the action's channel.
 
+``--offset-scale probability|log_odds`` (``shared_offset``; default as ``touchpoint
+train``, ``training.train.OFFSET_SCALE``): on the probability scale the offset trains on
+every training row (``training/models.py``), not on the negative sample.
+
 Peak RSS is reported twice: for the fit alone (the child resets ``VmHWM`` through
 ``/proc/self/clear_refs`` once the data is in memory, then reads it after the fit) and for the
 whole child process, data generation included (the larger of ``ru_maxrss`` from ``os.wait4``
@@ -91,6 +95,7 @@ from training.offset_bagging import OFFSET_MEMBERS  # noqa: E402
 from training.propensity import EARLY_STOPPING as PROPENSITY_EARLY_STOPPING  # noqa: E402
 from training.propensity import PropensityModel, cross_fitted_distribution  # noqa: E402
 from training.refit import refit_outcomes  # noqa: E402
+from training.train import OFFSET_SCALE  # noqa: E402
 
 #: ``none`` (code 0) and the default catalog's ten actions (features/default_catalog.yaml).
 ACTIONS = (
@@ -353,6 +358,7 @@ def run_child(
     offset_interactions: str = "pairwise",
     offset_features: str = "effects",
     engagement: str = "on",
+    offset_scale: str = OFFSET_SCALE,
 ) -> dict[str, Any]:
     t = time.perf_counter()
     X, a, y_conv, y_churn, names = synthetic_table(rows, n_features, seed)
@@ -378,6 +384,7 @@ def run_child(
         "offset_interactions": offset_interactions,
         "offset_features": offset_features,
         "engagement": engagement if formulation == "shared_offset" else "off",
+        "offset_scale": offset_scale if formulation == "shared_offset" else "log_odds",
     }
     with_engagement = formulation == "shared_offset" and engagement == "on"
     engaged_t = _engaged(Xt, at, names, seed) if with_engagement else None
@@ -480,6 +487,7 @@ def run_child(
             offset_interactions=interactions,  # type: ignore[arg-type]
             offset_features=restrict,
             engagement=model,
+            offset_scale=res["offset_scale"],
             progress=steps.append,
             side_job=None if sequential_propensity else side_job,
         )
@@ -498,6 +506,7 @@ def run_child(
                 {target: report for target, (_scorer, report) in fits.items()},
                 actions=ACTIONS, seed=seed, feature_names=names,
                 offset_interactions=interactions, offset_features=restrict, engagement=model,
+                offset_scale=res["offset_scale"],
             )  # fmt: skip
             del X_all
             res["refit_rows"] = len(a_all)
@@ -538,6 +547,7 @@ def _measure(args: argparse.Namespace, formulation: str, repeat: int) -> dict[st
     cmd += ["--offset-interactions", args.offset_interactions]
     cmd += ["--offset-features", args.offset_features]
     cmd += ["--engagement", args.engagement]
+    cmd += ["--offset-scale", args.offset_scale]
     env = os.environ.copy()
     if args.omp_wait_policy != "inherit":
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
@@ -683,6 +693,13 @@ def main(argv: list[str] | None = None) -> int:
         help="shared_offset: fit the engagement model first and give the offset its column "
         "(on, the default, as touchpoint train; training/engagement.py) or not",
     )
+    parser.add_argument(
+        "--offset-scale",
+        choices=["probability", "log_odds"],
+        default=OFFSET_SCALE,
+        help=f"shared_offset: the offset adds to the base's probability or its log-odds "
+        f"(default {OFFSET_SCALE}, as touchpoint train; serving/scoring.py)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -701,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
             args.offset_interactions,
             args.offset_features,
             args.engagement,
+            args.offset_scale,
         )
         print(json.dumps(child))
         return 0

@@ -29,10 +29,12 @@ from serving.engagement import EngagementModel
 from serving.scoring import OutcomeScorer
 
 BUNDLE_FILE = "bundle.json"
-#: The format written.  2 added the optional engagement model; format 1 bundles (without
-#: one) are read as before.
-FORMAT_VERSION = 2
-READ_FORMATS = (1, 2)
+#: The format written.  2 added the optional engagement model; 3 each outcome's
+#: ``offset_scale`` (serving/scoring.py), so that a reader that only adds offsets on the
+#: log-odds refuses a probability-scale model rather than misreading it.  Formats 1 and 2
+#: (log-odds offsets, no scale written) are read as before.
+FORMAT_VERSION = 3
+READ_FORMATS = (1, 2, 3)
 
 
 class BundleError(ValueError):

@@ -21,6 +21,12 @@ every action and cancels in every such difference, so only the small offset boos
 explained: reasons that differ between actions, at a fraction of the cost of explaining
 the whole models (SHAP of a base model costs about a millisecond per row).  Calibration is monotone, so
 the raw models' contributions keep their sign.
+
+A ``shared_offset`` on the probability scale (``OutcomeScorer.offset_scale``) adds its
+raw score to the base's probability, so its contributions are already changes of the
+probability: they are put in the score's units with ``V`` and ``-C`` alone, and the text
+shows them in percentage points: ``engagement=64% raises conversion probability over no
+action (+1.2 pp)``.
 """
 
 from __future__ import annotations
@@ -83,10 +89,11 @@ def explain(
         _explained(bundle.conversion, with_action, wanted),
         _explained(bundle.churn, with_action, wanted),
         np.array(pairs),
-        objective.conversion_value * pc * (1 - pc),
-        -objective.churn_cost * pch * (1 - pch),
+        objective.conversion_value * _slope(bundle.conversion, pc),
+        -objective.churn_cost * _slope(bundle.churn, pch),
         top,
     ).tolist()
+    on_probability = [s.offset_scale == "probability" for s in (bundle.conversion, bundle.churn)]
     actions, n = bundle.conversion.actions, x.size
     columns = _columns(bundle.spec, bundle.conversion)
     labels: dict[int, str] = {}  # "name=value" of the features shown: codes share them
@@ -113,7 +120,11 @@ def explain(
                 label = labels.get(j) or _label(bundle.spec, columns, j, float(x[j]), actions)
                 labels[j] = label
             verb = "raises" if c > 0 else "lowers"
-            reasons.append(f"{label} {verb} {_OUTCOMES[int(o)]} odds{suffix} ({c:+.2f})")
+            if on_probability[int(o)]:
+                size = f"{_OUTCOMES[int(o)]} probability{suffix} ({100 * c:+.1f} pp)"
+            else:
+                size = f"{_OUTCOMES[int(o)]} odds{suffix} ({c:+.2f})"
+            reasons.append(f"{label} {verb} {size}")
         out.append(reasons)
     return out
 
@@ -127,7 +138,8 @@ def contributions(
     Returns two ``(len(codes), n_columns)`` arrays (the last column is the action).
     For code ``a > 0`` the row of contributions sums to ``logit p(x, a) - logit p(x, none)``
     of the raw model; for code 0, to ``logit p(x, none) - logit p(x, versus)`` (zeros when
-    ``versus`` is None).
+    ``versus`` is None).  With a probability-scale offset, to the differences of ``p``
+    itself (before its clip).
     """
     codes = [int(c) for c in codes]
     x = np.asarray(x, dtype=np.float64).reshape(-1)
@@ -172,6 +184,12 @@ def _explained(scorer: OutcomeScorer, with_action: np.ndarray, wanted: list[int]
     for i, code in enumerate(wanted):
         per[i, :n] = scorer.contributions(scorer.actions[code], with_action[i : i + 1, :n])[0]
     return per
+
+
+def _slope(scorer: OutcomeScorer, p: np.ndarray) -> np.ndarray:
+    """What a unit of the scorer's contributions is worth in probability: ``p (1 - p)``
+    for log-odds (first order), 1 for a probability-scale offset."""
+    return p * (1 - p) if scorer.offset_scale == "log_odds" else np.ones_like(p)
 
 
 @jit(nogil=True)

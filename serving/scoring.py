@@ -12,7 +12,12 @@ Three formulations share one interface, so the policy never knows which one it s
   differences (the uplift) are far less noisy than those of independent models.
 - ``shared_offset``: the same pooled ``base``, plus ONE ``offset`` booster over all rows
   with the action code as a categorical column: the action effects share their
-  structure (e.g. "nothing works on a customer who is gone") and all the data.
+  structure (e.g. "nothing works on a customer who is gone") and all the data.  Its
+  ``offset_scale`` says how the two add up: ``log_odds`` as ``offset`` does, or
+  ``probability``: ``p(y | x, a) = sigmoid(base(x)) + offset(x, a)`` (clipped to
+  [:data:`PROBABILITY_FLOOR`, 1 - :data:`PROBABILITY_FLOOR`]), an offset booster trained
+  by least squares on the base's probabilities, whose effects do not scale with the
+  base's ``p (1 - p)`` (training/train.py, ``OFFSET_SCALE``).
 
 Boosters are loaded from LightGBM's text format (no pickles), and predictions use one
 thread: measured here, two threads made p99 jump whenever another process held a core.
@@ -29,7 +34,7 @@ import lightgbm as lgb
 import numpy as np
 
 from serving.engagement import EngagementModel
-from serving.forest import action_logits, compile_forest, concatenate
+from serving.forest import action_logits, compile_forest, concatenate, tree_sum
 from serving.lgbm_predict import Kind, Predict, predictor
 from serving.tree_shap import TreeShap, compile_shap
 
@@ -37,6 +42,12 @@ Formulation = Literal["single", "per_action", "offset", "shared_offset"]
 #: Action codes to score (None: all of them, in code order).
 Actions = Sequence[int] | np.ndarray | None
 FORMULATIONS: tuple[Formulation, ...] = ("single", "per_action", "offset", "shared_offset")
+#: How the shared offset adds to the base: on the log-odds or on the probability.
+OffsetScale = Literal["log_odds", "probability"]
+OFFSET_SCALES: tuple[OffsetScale, ...] = ("log_odds", "probability")
+#: A probability-scale prediction is clipped to [floor, 1 - floor]: base + offset is a sum
+#: that least squares does not keep inside (0, 1), and the calibration takes its logit.
+PROBABILITY_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,9 @@ class OutcomeScorer:
         ``shared_offset`` only, optional: the engagement model (serving/engagement.py)
         whose probability for the candidate action is the offset booster's column before
         the action code.
+    offset_scale
+        ``shared_offset`` only: ``log_odds`` (the offset's raw score is added to the
+        base's) or ``probability`` (to the base's probability; see the module docstring).
     """
 
     formulation: Formulation
@@ -91,6 +105,7 @@ class OutcomeScorer:
     boosters: dict[str, lgb.Booster]
     calibration: Calibration | None = None
     engagement: EngagementModel | None = None
+    offset_scale: OffsetScale = "log_odds"
     #: LightGBM threads per prediction: 1 for requests (two threads made p99 jump whenever
     #: another process held a core); batch jobs raise it for the duration of the batch.
     threads: int = 1
@@ -116,6 +131,14 @@ class OutcomeScorer:
             raise ValueError(
                 f"{self.formulation} scorer needs boosters {sorted(expected)}, "
                 f"got {sorted(self.boosters)}"
+            )
+        if self.offset_scale not in OFFSET_SCALES:
+            raise ValueError(
+                f"offset_scale must be one of {OFFSET_SCALES}, got {self.offset_scale!r}"
+            )
+        if self.offset_scale != "log_odds" and self.formulation != "shared_offset":
+            raise ValueError(
+                "a probability-scale offset goes with the shared_offset formulation only"
             )
         if self.engagement is not None:
             if self.formulation != "shared_offset":
@@ -170,14 +193,21 @@ class OutcomeScorer:
             if self.formulation == "single":
                 return self._run("all", "normal", rows).reshape(len(X), len(idx))
             base = np.repeat(self._run("base", "raw", X), len(idx))
-            logit = base + self._run("offset", "raw", rows)
-            return _sigmoid(logit).reshape(len(X), len(idx))
+            return self._add_offset(base, self._run("offset", "raw", rows)).reshape(
+                len(X), len(idx)
+            )
         if self.formulation == "offset":
             base = self._run("base", "raw", X)
             logits = np.column_stack([base + self._run(self.actions[i], "raw", X) for i in idx])
             return _sigmoid(logits)
         cols = [self._run(self.actions[i], "normal", X) for i in idx]
         return np.column_stack(cols).astype(np.float64)
+
+    def _add_offset(self, base: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        """The probabilities of the shared offset's raw scores on top of the base's."""
+        if self.offset_scale == "log_odds":
+            return _sigmoid(base + offset)
+        return np.clip(_sigmoid(base) + offset, PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR)
 
     def _run(self, key: str, kind: Kind, X: np.ndarray) -> np.ndarray:
         """One booster's predictions through the C API (serving.lgbm_predict)."""
@@ -228,7 +258,11 @@ class OutcomeScorer:
         if self._row_logits is False:
             return self.predict(np.asarray(x, dtype=np.float64)[None, :], None, engagement)[0]
         assert isinstance(self._row_logits, _RowLogits)
-        raw = _sigmoid(self._row_logits(x, None if engagement is None else engagement[0]))
+        given = None if engagement is None else engagement[0]
+        if self.offset_scale == "log_odds":
+            raw = _sigmoid(self._row_logits(x, given))
+        else:
+            raw = self._add_offset(*self._row_logits.base_and_offsets(x, given))
         return raw if self.calibration is None else self.calibration.apply(raw)
 
     def predict_logged(self, X: np.ndarray, action_codes: np.ndarray) -> np.ndarray:
@@ -239,7 +273,7 @@ class OutcomeScorer:
             raw = self._run("all", "normal", self.logged_rows(X, codes))
         elif self.formulation == "shared_offset":
             offset = self._run("offset", "raw", self.logged_rows(X, codes))
-            raw = _sigmoid(self._run("base", "raw", X) + offset)
+            raw = self._add_offset(self._run("base", "raw", X), offset)
         elif self.formulation == "offset":
             logit = self._run("base", "raw", X)
             for code in np.unique(codes):
@@ -266,6 +300,7 @@ class OutcomeScorer:
             "formulation": self.formulation,
             "files": files,
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "offset_scale": self.offset_scale,
         }
 
     @classmethod
@@ -289,6 +324,8 @@ class OutcomeScorer:
             boosters=boosters,
             calibration=None if calibration is None else Calibration.from_dict(calibration),
             engagement=engagement,
+            # Written from bundle format 3 on; earlier bundles added on the log-odds.
+            offset_scale=manifest.get("offset_scale", "log_odds"),
         )
 
 
@@ -335,12 +372,28 @@ class _RowLogits:
 
     def __call__(self, x: np.ndarray, engagement: np.ndarray | None = None) -> np.ndarray:
         """The logits of row ``x``; ``engagement``: each action's, with an engagement model."""
+        return self._sums(x, engagement, self.base_end)
+
+    def base_and_offsets(
+        self, x: np.ndarray, engagement: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Row ``x``'s base raw score (shape ``(1,)``) and every action's offset raw
+        score apart, for a probability-scale offset: each the sum LightGBM's raw score of
+        its booster is, so ``sigmoid(base) + offset`` is what the batch path computes."""
+        # With no base trees the kernel's base is 0.0, and 0.0 + offset is the offset.
+        offsets = self._sums(x, engagement, 0)
+        row = np.zeros(self.width)
+        row[: self.n_features] = x
+        base = tree_sum(row, 0, self.base_end, *self.arrays)
+        return np.array([base]), offsets
+
+    def _sums(self, x: np.ndarray, engagement: np.ndarray | None, base_end: int) -> np.ndarray:
         row = np.zeros(self.width)  # a scratch row per call: threads share self
         row[: self.n_features] = x
         out = np.empty(self.action_trees.shape[0])
         values = self._no_engagement if engagement is None else engagement
         action_logits(
-            row, self.base_end, self.action_trees, self.action_column, self.engagement_column,
+            row, base_end, self.action_trees, self.action_column, self.engagement_column,
             values, *self.arrays, out,
         )  # fmt: skip
         return out

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from touchpoint.cli import build_parser, main, train_config
+from touchpoint.cli import BadInput, build_parser, main, train_config
 from training.train import TrainConfig
 
 COMMANDS = [
@@ -265,6 +265,31 @@ def test_train_engagement_reaches_the_config(
         main(["train", "--events", str(tmp_path / "e.csv"), "--engagement", "maybe"])
     assert exit_info.value.code == 2
     assert "--engagement" in capsys.readouterr().err
+
+
+def test_train_offset_scale_reaches_the_config_and_a_bag_needs_log_odds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.train import OFFSET_SCALE
+
+    args = build_parser().parse_args(["train", "--events", "e.csv", "--offset-scale", "log_odds"])
+    assert train_config(args).offset_scale == "log_odds"
+    default = build_parser().parse_args(["train", "--events", "e.csv"])
+    assert train_config(default).offset_scale == OFFSET_SCALE == "probability"
+    assert TrainConfig().offset_scale == OFFSET_SCALE
+    bag = ["train", "--events", "e.csv", "--offset-members", "5"]
+    with pytest.raises(BadInput, match="--offset-members 5 .* add --offset-scale log_odds"):
+        train_config(build_parser().parse_args(bag))
+    both = train_config(build_parser().parse_args([*bag, "--offset-scale", "log_odds"]))
+    assert (both.offset_members, both.offset_scale) == (5, "log_odds")
+    # Refused before any data is read (the events file does not exist).
+    missing = str(tmp_path / "e.csv")
+    assert main(["train", "--events", missing, "--offset-members", "5"]) == 2
+    assert "add --offset-scale log_odds" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--events", str(tmp_path / "e.csv"), "--offset-scale", "logit"])
+    assert exit_info.value.code == 2
+    assert "--offset-scale" in capsys.readouterr().err
 
 
 def test_train_offset_members_reach_the_config(

@@ -380,8 +380,14 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The training settings of ``touchpoint train``'s arguments (defaults: TrainConfig's)."""
-    from training.train import TrainConfig
+    from training.train import OFFSET_SCALE, TrainConfig
 
+    scale = OFFSET_SCALE if args.offset_scale is None else args.offset_scale
+    if args.offset_members is not None and args.offset_members > 1 and scale != "log_odds":
+        raise BadInput(
+            f"--offset-members {args.offset_members} averages the offset's boosters on the "
+            f"log-odds: add --offset-scale log_odds (the offset scale is {scale})"
+        )
     return TrainConfig(
         formulation=args.formulation,
         seed=args.seed,
@@ -397,6 +403,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         offset_features=args.offset_features,
         offset_interactions=args.offset_interactions,
         engagement=args.engagement,
+        offset_scale=scale,
         **({} if args.offset_members is None else {"offset_members": args.offset_members}),
         refit=args.refit,
     )
@@ -406,6 +413,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from training.run import run_training
 
+    config = train_config(args)  # settings that do not go together: refused before reading
     # Bad input rows are kept next to the bundles, as models/train-input.quarantine.csv.
     quarantine = Path(args.models_dir) / "train-input.csv"
     quarantine.parent.mkdir(parents=True, exist_ok=True)
@@ -413,7 +421,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     ground_truth = _ground_truth(args)
     from training.report import QuarantineSummary
 
-    config = train_config(args)
     summary = run_training(
         events,
         customers,
@@ -1069,6 +1076,15 @@ def build_parser() -> argparse.ArgumentParser:
         "action's engagement, its chance to be opened or clicked, from a model of the "
         "sends' opens and clicks (serving/engagement.py); off: it does not "
         "(docs/TRAINING.md)",
+    )
+    p.add_argument(
+        "--offset-scale",
+        choices=("probability", "log_odds"),
+        default=None,
+        help="how the shared_offset formulation's offset adds an action's effect to the "
+        "base: probability (default: training.train.OFFSET_SCALE): p = sigmoid(base) + "
+        "offset, effects that do not scale with the base's p(1-p); log_odds: p = "
+        "sigmoid(base + offset) (serving/scoring.py; docs/TRAINING.md)",
     )
     p.add_argument(
         "--offset-members",

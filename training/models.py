@@ -25,7 +25,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from serving.engagement import ENGAGEMENT_COLUMN, EngagementModel
-from serving.scoring import Calibration, Formulation, OutcomeScorer
+from serving.scoring import (
+    OFFSET_SCALES,
+    PROBABILITY_FLOOR,
+    Calibration,
+    Formulation,
+    OffsetScale,
+    OutcomeScorer,
+)
 from training.booster_average import average_boosters
 from training.effect_features import OffsetInteractions, offset_params
 from training.offset_bagging import OFFSET_MEMBERS, member_params, member_seed
@@ -97,6 +104,10 @@ SHARED_OFFSET_PARAMS: Mapping[str, Any] = {
 #: with 7, 0.750 with 4 (better than 15 on 9 of 14, the worst case 0.568 -> 0.689); 3 and
 #: 31 leaves lost.  Without the column the offset keeps 15 (7 lost there, docs/TRAINING.md).
 ENGAGEMENT_OFFSET_PARAMS: Mapping[str, Any] = {"num_leaves": 4}
+#: The shared offset on the probability scale (serving/scoring.py): least squares on the
+#: base's probabilities, so an action's effect is a change of probability that does not
+#: grow or shrink with the base's ``p (1 - p)`` as a log-odds shift's does.
+PROBABILITY_OFFSET_PARAMS: Mapping[str, Any] = {"objective": "regression", "metric": "l2"}
 #: Share of each outcome's negative rows its boosters train on (see :func:`negative_sample`).
 #: 0.3 on the 1M benchmark: the boosters train on ~37% (conversion) and ~34% (churn) of
 #: the 800k rows.  On 200k synthetic rows the fit took 36.6 instead of 75.8 CPU s, for a
@@ -166,13 +177,14 @@ def fit_outcome_model(
     offset_members: int | None = None,
     offset_interactions: OffsetInteractions = "free",
     engagement: EngagementModel | None = None,
+    offset_scale: OffsetScale = "log_odds",
 ) -> tuple[OutcomeScorer, FitReport]:
     """Fit one outcome (conversion or churn) for every action, then decide on calibration.
 
     ``a_*`` are action codes (index into ``actions``; ``none`` is 0).  ``single`` and
     ``shared_offset`` are :func:`fit_outcome_models` with one outcome (``negative_keep``,
-    ``offset_features``, ``offset_members``, ``offset_interactions`` and ``engagement``:
-    see there);
+    ``offset_features``, ``offset_members``, ``offset_interactions``, ``engagement`` and
+    ``offset_scale``: see there);
     ``offset`` and ``per_action`` train on every row.
     """
     if formulation in ("single", "shared_offset"):
@@ -197,10 +209,17 @@ def fit_outcome_model(
             offset_members=offset_members,
             offset_interactions=offset_interactions,
             engagement=engagement,
+            offset_scale=offset_scale,
         )["y"]
-    if offset_features is not None or offset_interactions != "free" or engagement is not None:
+    if (
+        offset_features is not None
+        or offset_interactions != "free"
+        or engagement is not None
+        or offset_scale != "log_odds"
+    ):
         raise ValueError(
-            "offset_features, offset_interactions and engagement apply to shared_offset only"
+            "offset_features, offset_interactions, engagement and a probability offset_scale "
+            "apply to shared_offset only"
         )
     p = _params(params, seed)
     report = FitReport()
@@ -287,6 +306,7 @@ def fit_outcome_models(
     offset_members: int | None = None,
     offset_interactions: OffsetInteractions = "free",
     engagement: EngagementModel | None = None,
+    offset_scale: OffsetScale = "log_odds",
     side_job: Callable[[SideJobSignals], object] | None = None,
 ) -> dict[str, tuple[OutcomeScorer, FitReport]]:
     """Fit several outcomes (e.g. ``{"conversion": y_c, "churn": y_ch}``) on the same rows.
@@ -306,7 +326,8 @@ def fit_outcome_models(
 
     ``negative_keep`` (default :data:`NEGATIVE_KEEP`; ``single`` and ``shared_offset``):
     each outcome's boosters train on all of its positive rows and a seeded random share
-    ``negative_keep`` of its negative rows, weighted ``1 / negative_keep``.  The validation
+    ``negative_keep`` of its negative rows, weighted ``1 / negative_keep`` (except a
+    probability-scale offset, which trains on every row: see ``offset_scale``).  The validation
     rows (early stopping, calibration) are all kept, unweighted.
 
     ``offset_features`` (``shared_offset`` only; default: every feature): the features the
@@ -319,6 +340,12 @@ def fit_outcome_models(
     reads each row's engagement under its logged action as a column between the features
     and the action code (:data:`~serving.engagement.ENGAGEMENT_COLUMN`, one of its
     allowed features), and the scorers carry the model to score every candidate.
+
+    ``offset_scale`` (``shared_offset`` only; default ``log_odds``; ``touchpoint train``'s
+    is :data:`~training.train.OFFSET_SCALE`): ``probability`` trains the offset booster by
+    least squares on the base's probabilities (:data:`PROBABILITY_OFFSET_PARAMS`), so
+    ``p(x, a) = sigmoid(base(x)) + offset(x, a)`` (serving/scoring.py), on every training
+    row (the base keeps its negative sample and scores the rest); not with a bag.
 
     ``offset_members`` (``shared_offset`` only; default :data:`~training.offset_bagging.
     OFFSET_MEMBERS`, 1): with more than one, the offset is the average of this many
@@ -354,9 +381,18 @@ def fit_outcome_models(
         raise ValueError("offset_interactions applies to the shared_offset formulation only")
     if engagement is not None and formulation != "shared_offset":
         raise ValueError("engagement applies to the shared_offset formulation only")
+    if offset_scale not in OFFSET_SCALES:
+        raise ValueError(f"offset_scale must be one of {OFFSET_SCALES}, got {offset_scale!r}")
+    if offset_scale != "log_odds" and formulation != "shared_offset":
+        raise ValueError("a probability offset_scale applies to the shared_offset formulation only")
     members = OFFSET_MEMBERS if offset_members is None else offset_members
     if members < 1:
         raise ValueError(f"offset_members must be at least 1, got {members}")
+    if members > 1 and offset_scale != "log_odds":
+        raise ValueError(
+            "an offset bag (offset_members > 1) averages its members on the log-odds: "
+            "use offset_scale log_odds with it"
+        )
     if formulation not in ("single", "shared_offset"):
         if side_job is not None:
             # Alone, before the outcome models: every thread is free from the start.
@@ -404,7 +440,7 @@ def fit_outcome_models(
             chains[outcome].append(_Stage("base", base_params, train, valid))
         key = "offset"
         with_action_params = shared_offset_params(
-            p, names, offset_features, offset_interactions, engagement is not None
+            p, names, offset_features, offset_interactions, engagement is not None, offset_scale
         )
     else:
         key, with_action_params = "all", p
@@ -417,9 +453,18 @@ def fit_outcome_models(
             with_action_params,
         )
     shared.add_action(a_train, a_valid, with_action_params)
+    scale: OffsetScale = offset_scale if formulation == "shared_offset" else "log_odds"
+    # A probability-scale offset trains on every row, unweighted: least squares weighs
+    # every row alike, so the negative sample's 1/keep weights multiply the noise of its
+    # leaves (the log-odds' hessians put the weight on the rare positives instead).
+    # Measured on the simulator (docs/TRAINING.md, "The offset's scale").
+    every_row = RowSample(rows=None, weights=None)
     for outcome in y_train:
-        train, valid = shared.copy(rows[outcome], y_train[outcome], y_valid[outcome])
-        stage = _Stage(key, {**with_action_params, "num_threads": threads}, train, valid)
+        sample = every_row if scale == "probability" else rows[outcome]
+        train, valid = shared.copy(sample, y_train[outcome], y_valid[outcome])
+        stage = _Stage(key, {**with_action_params, "num_threads": threads}, train, valid, scale)
+        if scale == "probability" and rows[outcome].rows is not None:
+            stage.init_rows_from = X_train  # the base scored only its sample
         chains[outcome].append(stage)
         for j in range(1, members if formulation == "shared_offset" else 1):
             # Copied here, not in the chains' threads: copy() sets the shared labels.
@@ -485,7 +530,11 @@ def fit_outcome_models(
     for outcome, (boosters, raw_valid, rounds) in chained.items():
         report = FitReport(best_iterations=rounds, offset_members=1 + len(more[outcome]))
         scorer = OutcomeScorer(
-            formulation=formulation, actions=actions, boosters=boosters, engagement=engagement
+            formulation=formulation,
+            actions=actions,
+            boosters=boosters,
+            engagement=engagement,
+            offset_scale=offset_scale,
         )
         scorer.calibration, report = _choose_calibration(raw_valid, y_valid[outcome], report, seed)
         fitted[outcome] = (scorer, report)
@@ -499,10 +548,12 @@ def shared_offset_params(
     offset_features: Sequence[str] | None,
     offset_interactions: OffsetInteractions,
     engagement: bool,
+    offset_scale: OffsetScale = "log_odds",
 ) -> dict[str, Any]:
     """The LightGBM parameters of the shared offset booster on ``[X, action]`` (``[X,
     engagement, action]`` with an engagement column, one more allowed feature): ``params``,
-    :data:`SHARED_OFFSET_PARAMS` (and :data:`ENGAGEMENT_OFFSET_PARAMS`), the restriction to
+    :data:`SHARED_OFFSET_PARAMS` (and :data:`ENGAGEMENT_OFFSET_PARAMS`, and
+    :data:`PROBABILITY_OFFSET_PARAMS` on the probability scale), the restriction to
     ``offset_features`` and ``offset_interactions``.  The fit and the refit alike."""
     names, allowed = list(feature_names), offset_features
     smaller: Mapping[str, Any] = {}
@@ -511,7 +562,8 @@ def shared_offset_params(
         allowed = None if allowed is None else [*allowed, ENGAGEMENT_COLUMN]
         smaller = ENGAGEMENT_OFFSET_PARAMS
     restrict = offset_params(names, allowed, offset_interactions)
-    return {**params, **SHARED_OFFSET_PARAMS, **smaller, **restrict}
+    scale = PROBABILITY_OFFSET_PARAMS if offset_scale == "probability" else {}
+    return {**params, **SHARED_OFFSET_PARAMS, **smaller, **scale, **restrict}
 
 
 @dataclass
@@ -523,6 +575,12 @@ class _Stage:
     params: Mapping[str, Any]
     train: lgb.Dataset
     valid: lgb.Dataset
+    #: How it adds to the previous stage's scores (its init scores): their log-odds, or
+    #: their probabilities (a probability-scale shared offset).
+    adds_to: OffsetScale = "log_odds"
+    #: The features of its training rows when they are not the previous stage's (every
+    #: row against a negative sample): that stage's booster then scores them anew.
+    init_rows_from: np.ndarray | None = None
 
 
 def _fit_chain(
@@ -539,18 +597,28 @@ def _fit_chain(
     :class:`~training.round_callbacks.FitStopped` before the next round once it is set
     (another job failed)."""
     boosters: dict[str, lgb.Booster] = {}
-    init: tuple[np.ndarray, np.ndarray] | None = None
+    scores: tuple[np.ndarray, np.ndarray] | None = None  # the previous stage's probabilities
+    previous: lgb.Booster | None = None
     valid_scores = np.empty(0)
     for stage in stages:
         started = time.perf_counter()
-        if init is not None:
-            stage.train.set_init_score(init[0])
-            stage.valid.set_init_score(init[1])
+        if scores is not None:
+            to_init = _logit if stage.adds_to == "log_odds" else np.asarray
+            train_init = scores[0]
+            if stage.init_rows_from is not None and previous is not None:
+                threads = int(stage.params["num_threads"])  # the chain's (SideJobSignals)
+                raw = previous.predict(stage.init_rows_from, raw_score=True, num_threads=threads)
+                train_init = expit(np.asarray(raw, dtype=np.float64))
+            stage.train.set_init_score(to_init(train_init))
+            stage.valid.set_init_score(to_init(scores[1]))
         booster, train_scores, valid_scores = _boost(
             stage.params, stage.train, stage.valid, num_rounds, early_stopping, stop
         )
-        boosters[stage.key] = booster
-        init = (_logit(train_scores), _logit(valid_scores))
+        if stage.adds_to == "probability":
+            # Least squares' scores are the sum base + offset, not kept inside (0, 1).
+            train_scores, valid_scores = _clip(train_scores), _clip(valid_scores)
+        boosters[stage.key] = previous = booster
+        scores = (train_scores, valid_scores)
         elapsed = time.perf_counter() - started
         say(f"  {outcome} {stage.key}: {booster.best_iteration} rounds, {elapsed:.1f} s")
     return boosters, valid_scores
@@ -618,6 +686,11 @@ def negative_sample(y: np.ndarray, keep: float, seed: int) -> RowSample:
     rows = np.flatnonzero((y > 0) | (draw < keep))
     weights = np.where(y[rows] > 0, 1.0, 1.0 / keep)
     return RowSample(rows=rows, weights=weights)
+
+
+def _clip(p: np.ndarray) -> np.ndarray:
+    """Probabilities as a probability-scale scorer clips them (serving/scoring.py)."""
+    return np.clip(p, PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR)
 
 
 def _scores_at_best_iteration(booster: lgb.Booster) -> tuple[np.ndarray, np.ndarray]:

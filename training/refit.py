@@ -30,9 +30,10 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 
 from serving.engagement import ENGAGEMENT_COLUMN, EngagementModel
-from serving.scoring import OutcomeScorer
+from serving.scoring import OffsetScale, OutcomeScorer
 from training.booster_average import average_boosters
 from training.datasets import TimeSplit
 from training.effect_features import OffsetInteractions
@@ -76,13 +77,15 @@ def refit_shared_offset(
     offset_interactions: OffsetInteractions = "free",
     rows: np.ndarray | None = None,
     engagement: EngagementModel | None = None,
+    offset_scale: OffsetScale = "log_odds",
 ) -> OutcomeScorer:
     """The ``shared_offset`` scorer of one outcome refit on the rows ``rows`` (default:
     all) of ``X``, ``a`` (action codes), ``y``, with the rounds of ``report`` (the split
     fit's, see the module docstring) times :data:`REFIT_ROUNDS_MULTIPLIER`; same
     parameters, negative subsample, offset features and interactions, and offset bag
     (``report.offset_members`` boosters, training/offset_bagging.py) and engagement model
-    (the split fit's: it is not refit) as :func:`training.models.fit_outcome_models`.
+    (the split fit's: it is not refit) as :func:`training.models.fit_outcome_models`; pass
+    the split fit's ``offset_scale`` (its scorer's) too.
     Uncalibrated.  ``rows`` spares the caller a copy of ``X`` (1.4 GB at 1M rows × 170
     features)."""
     missing = {"base", "offset"} - set(report.best_iterations)
@@ -107,12 +110,18 @@ def refit_shared_offset(
         lgb.Dataset(Xs, ys, weight=sample.weights, feature_name=names),
         rounds["base"],
     )
+    if report.offset_members > 1 and offset_scale != "log_odds":
+        raise ValueError("an offset bag averages its members on the log-odds: use log_odds")
     params_0 = shared_offset_params(
-        p, names, offset_features, offset_interactions, engagement is not None
+        p, names, offset_features, offset_interactions, engagement is not None, offset_scale
     )
-    fit = _OffsetFit(base, rounds, names, engagement, int(p["num_threads"]))
+    fit = _OffsetFit(base, rounds, names, engagement, int(p["num_threads"]), offset_scale)
     # Member 0 on the base's rows, as before bagging; the others each on their own
     # negative sample (training/offset_bagging.py), one at a time: each is a copy of X.
+    # On the probability scale the offset takes every row, as in the split fit.
+    if offset_scale == "probability" and sample.rows is not None:
+        del Xs
+        Xs, ys, rows_0, sample = X[rows], y[rows], rows, RowSample(rows=None, weights=None)
     members = [fit(params_0, Xs, a[rows_0], ys, sample)]
     del Xs
     for j in range(1, report.offset_members):
@@ -126,6 +135,7 @@ def refit_shared_offset(
         actions=actions,
         boosters={"base": base, "offset": offset},
         engagement=engagement,
+        offset_scale=offset_scale,
     )
 
 
@@ -139,6 +149,7 @@ class _OffsetFit:
     names: list[str]
     engagement: EngagementModel | None
     threads: int
+    offset_scale: OffsetScale
 
     def __call__(
         self,
@@ -157,11 +168,16 @@ class _OffsetFit:
             np.column_stack([*columns, a_s.astype(np.float64)]),
             ys,
             weight=sample.weights,
-            init_score=self.base.predict(Xs, raw_score=True),
+            init_score=self._init_scores(Xs),
             feature_name=[*names, "action_code"],
             categorical_feature=[len(names)],
         )
         return lgb.train(dict(params), with_action, self.rounds["offset"])
+
+    def _init_scores(self, Xs: np.ndarray) -> np.ndarray:
+        """The base's scores the offset adds to: its log-odds, or its probabilities."""
+        raw = np.asarray(self.base.predict(Xs, raw_score=True), dtype=np.float64)
+        return raw if self.offset_scale == "log_odds" else expit(raw)
 
 
 def refit_outcomes(

@@ -23,7 +23,7 @@ from features.spec import MIN_NONE_PER_CUSTOMER, FeatureSpec
 from features.stages import StageRules
 from serving.bundle import load_bundle, save_bundle
 from serving.engine import DecisionEngine
-from serving.scoring import Formulation, OutcomeScorer
+from serving.scoring import Formulation, OffsetScale, OutcomeScorer
 from training.datasets import TimeSplit, make_time_split
 from training.effect_features import OffsetInteractions, effect_features
 from training.engagement import engagement_labels, fit_engagement
@@ -57,6 +57,11 @@ FormulationChoice = Literal["single", "per_action", "offset", "shared_offset", "
 #: What ``--formulation compare`` fits, every formulation, in this order: the first fits
 #: beside the propensity model (``fit_outcome_models``' side job).
 COMPARED_FORMULATIONS: tuple[Formulation, ...] = ("shared_offset", "single", "per_action", "offset")
+#: The shared offset's scale by default (TrainConfig.offset_scale).  ``probability``: an
+#: action's effect is a change of probability that does not scale with the base's
+#: ``p (1 - p)``.  Measured with ``bench/bench_policy.py --offset-scale`` on eight
+#: simulated worlds (docs/TRAINING.md, "The offset's scale").
+OFFSET_SCALE: OffsetScale = "probability"
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,10 @@ class TrainConfig:
     #: chance it is opened or clicked (serving/engagement.py; the default, by measurement:
     #: docs/TRAINING.md, "Engagement"); ``off``: it does not.
     engagement: Literal["on", "off"] = "on"
+    #: How the shared offset adds an action's effect to the base (serving/scoring.py):
+    #: ``probability`` (the default, by measurement: docs/TRAINING.md, "The offset's
+    #: scale") or ``log_odds``.  A bag (``offset_members`` > 1) needs ``log_odds``.
+    offset_scale: OffsetScale = OFFSET_SCALE
     #: Boosters averaged in the shared offset, each on its own negative subsample
     #: (training/offset_bagging.py; by measurement: docs/TRAINING.md); 1: one booster.
     offset_members: int = OFFSET_MEMBERS
@@ -282,6 +291,7 @@ def fit_and_evaluate(
             offset_members=config.offset_members,
             offset_interactions=_offset_interactions(config, formulation),
             engagement=engagement if formulation == "shared_offset" else None,
+            offset_scale=config.offset_scale if formulation == "shared_offset" else "log_odds",
             side_job=None if i else fit_propensity,
             progress=progress,  # binning and each booster, as they finish
         )
@@ -336,6 +346,7 @@ def fit_and_evaluate(
             "seed": config.seed,
             "refit": config.refit if "rows_refit" in counts else "none",
             "engagement": conversion.engagement is not None,
+            "offset_scale": conversion.offset_scale,
         },
     )
     # Evaluate the bundle as serving will load it, not the in-memory objects.
@@ -411,6 +422,7 @@ def _refit_before_test(
         offset_features=_offset_features(config, "shared_offset", spec),
         offset_interactions=config.offset_interactions,
         engagement=split_fit[0].engagement,
+        offset_scale=split_fit[0].offset_scale,
     )
     for scorer, (target, new) in zip(split_fit, refitted.items(), strict=True):
         new.calibration = scorer.calibration

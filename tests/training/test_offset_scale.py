@@ -1,0 +1,154 @@
+"""The shared offset on the probability scale (``offset_scale="probability"``): least
+squares on the base's probabilities, every training row, so that an action's effect is a
+change of probability that does not follow the base's ``p (1 - p)``."""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+from scipy.special import expit
+
+from training.models import fit_outcome_model, fit_outcome_models
+from training.refit import refit_shared_offset
+
+ACTIONS = ("none", "email_promo", "sms_offer")
+#: The true effect of each action on P(outcome): the same for every customer.
+EFFECT = np.array([0.0, 0.06, 0.0])
+FIT_KW = {"actions": ACTIONS, "num_rounds": 400, "early_stopping": 20, "seed": 0}
+ONE_THREAD = {"num_threads": 1}
+
+
+def _log(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Customers whose base rate runs from ~2% to ~60% with feature 0, actions at random,
+    and outcomes whose probability each action raises by the same EFFECT for everyone."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    a = rng.integers(0, len(ACTIONS), n)
+    p = expit(-1.8 + 1.2 * X[:, 0]) + EFFECT[a]
+    return X, a, (rng.random(n) < p).astype(np.float64)
+
+
+def _uplift_by_base_rate(scorer: object, X: np.ndarray) -> tuple[float, float]:
+    """The mean estimated effect of email_promo among the low and the high base rates."""
+    p = scorer.predict(X)  # type: ignore[attr-defined]
+    uplift = p[:, 1] - p[:, 0]
+    return float(uplift[X[:, 0] < -1].mean()), float(uplift[X[:, 0] > 1].mean())
+
+
+def _trees(booster: lgb.Booster) -> str:
+    """The model text without its ``num_threads`` line (side by side, each fit has one)."""
+    lines = booster.model_to_string().splitlines()
+    return "\n".join(line for line in lines if not line.startswith("[num_threads: "))
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    X, a, y = _log(60_000, 0)
+    Xv, av, yv = _log(15_000, 1)
+    return (X, a, y), (Xv, av, yv)
+
+
+def test_a_probability_offset_finds_an_effect_that_does_not_follow_the_base_rate(
+    data: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]],
+) -> None:
+    (X, a, y), (Xv, av, yv) = data
+    scorer, report = fit_outcome_model(
+        X, a, y, Xv, av, yv, formulation="shared_offset", offset_scale="probability",
+        params=ONE_THREAD, **FIT_KW,
+    )  # fmt: skip
+    assert scorer.offset_scale == "probability"
+    assert scorer.boosters["offset"].dump_model()["objective"].startswith("regression")
+    assert report.best_iterations["offset"] > 1
+    X_test, _, _ = _log(20_000, 2)
+    low, high = _uplift_by_base_rate(scorer, X_test)
+    assert low == pytest.approx(0.06, abs=0.015)
+    assert high == pytest.approx(0.06, abs=0.015)
+    # sms_offer does nothing, for anyone.
+    p = scorer.predict(X_test)
+    assert abs(float((p[:, 2] - p[:, 0]).mean())) < 0.01
+
+
+def test_two_outcomes_side_by_side_are_their_single_fits(
+    data: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]],
+) -> None:
+    """fit_outcome_models (both outcomes side by side, the offset on every row while the
+    base keeps its negative sample) gives the single fit's trees, to the bit."""
+    (X, a, y), (Xv, av, yv) = data
+    X, a, y, Xv, av, yv = X[:20_000], a[:20_000], y[:20_000], Xv[:5000], av[:5000], yv[:5000]
+    churn = 1.0 - y
+    both = fit_outcome_models(
+        X, a, {"conversion": y, "churn": churn}, Xv, av, {"conversion": yv, "churn": 1 - yv},
+        formulation="shared_offset", offset_scale="probability", **FIT_KW,
+    )  # fmt: skip
+    alone, _ = fit_outcome_model(
+        X, a, churn, Xv, av, 1 - yv, formulation="shared_offset", offset_scale="probability",
+        **FIT_KW,
+    )  # fmt: skip
+    pair = both["churn"][0]
+    for key in ("base", "offset"):
+        assert _trees(pair.boosters[key]) == _trees(alone.boosters[key])
+    assert pair.calibration == alone.calibration
+
+
+def test_the_refit_keeps_the_scale(
+    data: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]],
+) -> None:
+    (X, a, y), (Xv, av, yv) = data
+    scorer, report = fit_outcome_model(
+        X, a, y, Xv, av, yv, formulation="shared_offset", offset_scale="probability",
+        params=ONE_THREAD, **FIT_KW,
+    )  # fmt: skip
+    refit = refit_shared_offset(
+        np.vstack([X, Xv]), np.concatenate([a, av]), np.concatenate([y, yv]), report,
+        actions=ACTIONS, params=ONE_THREAD, seed=0, offset_scale="probability",
+    )  # fmt: skip
+    assert refit.offset_scale == "probability"
+    assert refit.boosters["offset"].dump_model()["objective"].startswith("regression")
+    X_test, _, _ = _log(20_000, 2)
+    low, high = _uplift_by_base_rate(refit, X_test)
+    assert low == pytest.approx(0.06, abs=0.015)
+    assert high == pytest.approx(0.06, abs=0.015)
+
+
+def test_what_the_probability_scale_does_not_go_with(
+    data: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]],
+) -> None:
+    (X, a, y), (Xv, av, yv) = data
+    X, a, y = X[:2000], a[:2000], y[:2000]
+    with pytest.raises(ValueError, match="shared_offset"):
+        fit_outcome_model(
+            X, a, y, Xv, av, yv, formulation="single", offset_scale="probability", **FIT_KW
+        )
+    with pytest.raises(ValueError, match="shared_offset"):
+        fit_outcome_model(
+            X, a, y, Xv, av, yv, formulation="offset", offset_scale="probability", **FIT_KW
+        )
+    with pytest.raises(ValueError, match="use offset_scale log_odds"):
+        fit_outcome_model(
+            X, a, y, Xv, av, yv, formulation="shared_offset", offset_scale="probability",
+            offset_members=2, **FIT_KW,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="offset_scale must be one of"):
+        fit_outcome_model(
+            X, a, y, Xv, av, yv, formulation="shared_offset", offset_scale="odds", **FIT_KW,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+
+def test_the_log_odds_scale_is_the_old_shared_offset(
+    data: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]],
+) -> None:
+    """``log_odds`` is the default of the fitting functions: the same boosters as without
+    the argument, a binary offset on the base's log-odds."""
+    (X, a, y), (Xv, av, yv) = data
+    X, a, y = X[:10_000], a[:10_000], y[:10_000]
+    default, _ = fit_outcome_model(X, a, y, Xv, av, yv, formulation="shared_offset", **FIT_KW)
+    explicit, _ = fit_outcome_model(
+        X, a, y, Xv, av, yv, formulation="shared_offset", offset_scale="log_odds", **FIT_KW
+    )
+    assert default.offset_scale == "log_odds"
+    assert default.boosters["offset"].model_to_string() == (
+        explicit.boosters["offset"].model_to_string()
+    )
+    assert default.boosters["offset"].dump_model()["objective"].startswith("binary")
+    assert isinstance(default.boosters["base"], lgb.Booster)
