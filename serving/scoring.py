@@ -388,6 +388,8 @@ class _RowLogits:
         return np.array([base]), offsets
 
     def _sums(self, x: np.ndarray, engagement: np.ndarray | None, base_end: int) -> np.ndarray:
+        """Each action's offset raw score plus the raw score of the first ``base_end``
+        trees (all of the base's, or none)."""
         row = np.zeros(self.width)  # a scratch row per call: threads share self
         row[: self.n_features] = x
         out = np.empty(self.action_trees.shape[0])

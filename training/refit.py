@@ -94,6 +94,8 @@ def refit_shared_offset(
             f"the split fit's report has no rounds for {sorted(missing)}: refit_shared_offset "
             "needs the report of a shared_offset fit"
         )
+    if report.offset_members > 1 and offset_scale != "log_odds":
+        raise ValueError("an offset bag averages its members on the log-odds: use log_odds")
     rounds = {
         key: max(1, round(report.best_iterations[key] * REFIT_ROUNDS_MULTIPLIER))
         for key in ("base", "offset")
@@ -110,8 +112,6 @@ def refit_shared_offset(
         lgb.Dataset(Xs, ys, weight=sample.weights, feature_name=names),
         rounds["base"],
     )
-    if report.offset_members > 1 and offset_scale != "log_odds":
-        raise ValueError("an offset bag averages its members on the log-odds: use log_odds")
     params_0 = shared_offset_params(
         p, names, offset_features, offset_interactions, engagement is not None, offset_scale
     )

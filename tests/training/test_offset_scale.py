@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from training.models import fit_outcome_model, fit_outcome_models
+from serving.scoring import OutcomeScorer
+from training.models import FitReport, fit_outcome_model, fit_outcome_models
 from training.refit import refit_shared_offset
 
 ACTIONS = ("none", "email_promo", "sms_offer")
@@ -17,6 +18,8 @@ ACTIONS = ("none", "email_promo", "sms_offer")
 EFFECT = np.array([0.0, 0.06, 0.0])
 FIT_KW = {"actions": ACTIONS, "num_rounds": 400, "early_stopping": 20, "seed": 0}
 ONE_THREAD = {"num_threads": 1}
+#: Training rows (features, actions, outcomes) and validation rows.
+Data = tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]
 
 
 def _log(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -43,20 +46,26 @@ def _trees(booster: lgb.Booster) -> str:
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+def data() -> Data:
     X, a, y = _log(60_000, 0)
     Xv, av, yv = _log(15_000, 1)
     return (X, a, y), (Xv, av, yv)
 
 
-def test_a_probability_offset_finds_an_effect_that_does_not_follow_the_base_rate(
-    data: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]],
-) -> None:
+@pytest.fixture(scope="module")
+def fitted(data: Data) -> tuple[OutcomeScorer, FitReport]:
+    """The probability-scale shared offset of the data's one outcome."""
     (X, a, y), (Xv, av, yv) = data
-    scorer, report = fit_outcome_model(
+    return fit_outcome_model(
         X, a, y, Xv, av, yv, formulation="shared_offset", offset_scale="probability",
         params=ONE_THREAD, **FIT_KW,
     )  # fmt: skip
+
+
+def test_a_probability_offset_finds_an_effect_that_does_not_follow_the_base_rate(
+    fitted: tuple[OutcomeScorer, FitReport],
+) -> None:
+    scorer, report = fitted
     assert scorer.offset_scale == "probability"
     assert scorer.boosters["offset"].dump_model()["objective"].startswith("regression")
     assert report.best_iterations["offset"] > 1
@@ -70,7 +79,7 @@ def test_a_probability_offset_finds_an_effect_that_does_not_follow_the_base_rate
 
 
 def test_two_outcomes_side_by_side_are_their_single_fits(
-    data: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]],
+    data: Data,
 ) -> None:
     """fit_outcome_models (both outcomes side by side, the offset on every row while the
     base keeps its negative sample) gives the single fit's trees, to the bit."""
@@ -91,14 +100,9 @@ def test_two_outcomes_side_by_side_are_their_single_fits(
     assert pair.calibration == alone.calibration
 
 
-def test_the_refit_keeps_the_scale(
-    data: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]],
-) -> None:
+def test_the_refit_keeps_the_scale(data: Data, fitted: tuple[OutcomeScorer, FitReport]) -> None:
     (X, a, y), (Xv, av, yv) = data
-    scorer, report = fit_outcome_model(
-        X, a, y, Xv, av, yv, formulation="shared_offset", offset_scale="probability",
-        params=ONE_THREAD, **FIT_KW,
-    )  # fmt: skip
+    _, report = fitted
     refit = refit_shared_offset(
         np.vstack([X, Xv]), np.concatenate([a, av]), np.concatenate([y, yv]), report,
         actions=ACTIONS, params=ONE_THREAD, seed=0, offset_scale="probability",
@@ -112,7 +116,7 @@ def test_the_refit_keeps_the_scale(
 
 
 def test_what_the_probability_scale_does_not_go_with(
-    data: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]],
+    data: Data,
 ) -> None:
     (X, a, y), (Xv, av, yv) = data
     X, a, y = X[:2000], a[:2000], y[:2000]
@@ -136,7 +140,7 @@ def test_what_the_probability_scale_does_not_go_with(
 
 
 def test_the_log_odds_scale_is_the_old_shared_offset(
-    data: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]],
+    data: Data,
 ) -> None:
     """``log_odds`` is the default of the fitting functions: the same boosters as without
     the argument, a binary offset on the base's log-odds."""
