@@ -112,6 +112,12 @@ ENGAGEMENT_OFFSET_PARAMS: Mapping[str, Any] = {"num_leaves": 4}
 #: Measured with ``bench/bench_policy.py`` (docs/TRAINING.md, "The offset's scale"): mean
 #: oracle fraction over fourteen (world, seed) pairs 0.755 with 300, 0.770 with 1000
 #: (0.750 on the log-odds).
+#: A probability-scale offset trains on at most this many training rows: above it, on a
+#: uniform seeded sample of them, unweighted (least squares on a uniform sample stays
+#: unbiased).  On the 1M benchmark all 800k rows made the conversion offset alone take
+#: 155 s (937 rounds); the simulated worlds have fewer rows (world 0: 242k) and are not
+#: sampled.
+PROBABILITY_OFFSET_MAX_ROWS = 300_000
 PROBABILITY_OFFSET_PARAMS: Mapping[str, Any] = {
     "objective": "regression",
     "metric": "l2",
@@ -336,7 +342,7 @@ def fit_outcome_models(
     ``negative_keep`` (default :data:`NEGATIVE_KEEP`; ``single`` and ``shared_offset``):
     each outcome's boosters train on all of its positive rows and a seeded random share
     ``negative_keep`` of its negative rows, weighted ``1 / negative_keep`` (except a
-    probability-scale offset, which trains on every row: see ``offset_scale``).  The validation
+    probability-scale offset, which trains on every row, up to a cap: see ``offset_scale``).  The validation
     rows (early stopping, calibration) are all kept, unweighted.
 
     ``offset_features`` (``shared_offset`` only; default: every feature): the features the
@@ -354,7 +360,8 @@ def fit_outcome_models(
     is :data:`~training.train.OFFSET_SCALE`): ``probability`` trains the offset booster by
     least squares on the base's probabilities (:data:`PROBABILITY_OFFSET_PARAMS`), so
     ``p(x, a) = sigmoid(base(x)) + offset(x, a)`` (serving/scoring.py), on every training
-    row (the base keeps its negative sample and scores the rest); not with a bag.
+    row up to :data:`PROBABILITY_OFFSET_MAX_ROWS` (a uniform sample above; the base keeps
+    its negative sample and scores the offset's rows); not with a bag.
 
     ``offset_members`` (``shared_offset`` only; default :data:`~training.offset_bagging.
     OFFSET_MEMBERS`, 1): with more than one, the offset is the average of this many
@@ -463,17 +470,19 @@ def fit_outcome_models(
         )
     shared.add_action(a_train, a_valid, with_action_params)
     scale: OffsetScale = offset_scale if formulation == "shared_offset" else "log_odds"
-    # A probability-scale offset trains on every row, unweighted: least squares weighs
-    # every row alike, so the negative sample's 1/keep weights multiply the noise of its
-    # leaves (the log-odds' hessians put the weight on the rare positives instead).
-    # Measured on the simulator (docs/TRAINING.md, "The offset's scale").
-    every_row = RowSample(rows=None, weights=None)
+    # A probability-scale offset trains on every row (up to PROBABILITY_OFFSET_MAX_ROWS),
+    # unweighted: least squares weighs every row alike, so the negative sample's 1/keep
+    # weights multiply the noise of its leaves (the log-odds' hessians put the weight on
+    # the rare positives instead).  Measured on the simulator (docs/TRAINING.md, "The
+    # offset's scale").
+    offset_rows = uniform_rows(len(X_train), PROBABILITY_OFFSET_MAX_ROWS, seed)
     for outcome in y_train:
-        sample = every_row if scale == "probability" else rows[outcome]
+        sample = offset_rows if scale == "probability" else rows[outcome]
         train, valid = shared.copy(sample, y_train[outcome], y_valid[outcome])
         stage = _Stage(key, {**with_action_params, "num_threads": threads}, train, valid, scale)
-        if scale == "probability" and rows[outcome].rows is not None:
-            stage.init_rows_from = X_train  # the base scored only its sample
+        if scale == "probability" and (rows[outcome].rows is not None or sample.rows is not None):
+            # Not the base's rows: the base scores them anew.
+            stage.init_rows_from, stage.init_rows = X_train, sample.rows
         chains[outcome].append(stage)
         for j in range(1, members if formulation == "shared_offset" else 1):
             # Copied here, not in the chains' threads: copy() sets the shared labels.
@@ -587,9 +596,11 @@ class _Stage:
     #: How it adds to the previous stage's scores (its init scores): their log-odds, or
     #: their probabilities (a probability-scale shared offset).
     adds_to: OffsetScale = "log_odds"
-    #: The features of its training rows when they are not the previous stage's (every
-    #: row against a negative sample): that stage's booster then scores them anew.
+    #: When its training rows are not the previous stage's (a probability-scale offset
+    #: against the base's negative sample): the features they are rows ``init_rows`` of
+    #: (None: all of them), which the previous stage's booster then scores anew.
     init_rows_from: np.ndarray | None = None
+    init_rows: np.ndarray | None = None
 
 
 def _fit_chain(
@@ -618,6 +629,8 @@ def _fit_chain(
                 threads = int(stage.params["num_threads"])  # the chain's (SideJobSignals)
                 raw = previous.predict(stage.init_rows_from, raw_score=True, num_threads=threads)
                 train_init = expit(np.asarray(raw, dtype=np.float64))
+                if stage.init_rows is not None:
+                    train_init = train_init[stage.init_rows]
             stage.train.set_init_score(to_init(train_init))
             stage.valid.set_init_score(to_init(scores[1]))
         booster, train_scores, valid_scores = _boost(
@@ -676,6 +689,15 @@ class RowSample:
 
     rows: np.ndarray | None
     weights: np.ndarray | None
+
+
+def uniform_rows(n: int, max_rows: int, seed: int) -> RowSample:
+    """All ``n`` rows, or a seeded uniform sample of ``max_rows`` of them (in order),
+    unweighted."""
+    if n <= max_rows:
+        return RowSample(rows=None, weights=None)
+    rows = np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
+    return RowSample(rows=rows, weights=None)
 
 
 def negative_sample(y: np.ndarray, keep: float, seed: int) -> RowSample:

@@ -4,13 +4,22 @@ change of probability that does not follow the base's ``p (1 - p)``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightgbm as lgb
 import numpy as np
 import pytest
 from scipy.special import expit
 
 from serving.scoring import OutcomeScorer
-from training.models import FitReport, fit_outcome_model, fit_outcome_models
+from training import models
+from training.models import (
+    FitReport,
+    RowSample,
+    fit_outcome_model,
+    fit_outcome_models,
+    uniform_rows,
+)
 from training.refit import refit_shared_offset
 
 ACTIONS = ("none", "email_promo", "sms_offer")
@@ -156,3 +165,41 @@ def test_the_log_odds_scale_is_the_old_shared_offset(
     )
     assert default.boosters["offset"].dump_model()["objective"].startswith("binary")
     assert isinstance(default.boosters["base"], lgb.Booster)
+
+
+def test_uniform_rows_are_every_row_up_to_the_cap_then_a_seeded_sample() -> None:
+    assert uniform_rows(100, 100, 0).rows is None
+    sample = uniform_rows(1000, 300, 3)
+    assert sample.weights is None  # unweighted: a uniform sample
+    assert sample.rows is not None and len(sample.rows) == 300
+    assert np.all(np.diff(sample.rows) > 0) and sample.rows.max() < 1000
+    np.testing.assert_array_equal(sample.rows, uniform_rows(1000, 300, 3).rows)
+    assert not np.array_equal(sample.rows, uniform_rows(1000, 300, 4).rows)
+
+
+def test_above_the_cap_the_offset_trains_on_a_uniform_sample(
+    data: Data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Capped at 20k of the 60k training rows, the offset sees a third of them, and still
+    finds the effect at both ends of the base rate."""
+    (X, a, y), (Xv, av, yv) = data
+    seen: list[int | None] = []
+    copy = models._SharedDatasets.copy
+
+    def spy(self: Any, sample: RowSample, *args: Any) -> Any:
+        seen.append(None if sample.rows is None else len(sample.rows))
+        return copy(self, sample, *args)
+
+    monkeypatch.setattr(models, "PROBABILITY_OFFSET_MAX_ROWS", 20_000)
+    monkeypatch.setattr(models._SharedDatasets, "copy", spy)
+    scorer, _ = fit_outcome_model(
+        X, a, y, Xv, av, yv, formulation="shared_offset", offset_scale="probability",
+        params=ONE_THREAD, **FIT_KW,
+    )  # fmt: skip
+    base = models.negative_sample(y, models.NEGATIVE_KEEP, FIT_KW["seed"]).rows
+    assert base is not None
+    assert seen == [len(base), 20_000]  # the base's negative sample, the offset's cap
+    X_test, _, _ = _log(20_000, 2)
+    low, high = _uplift_by_base_rate(scorer, X_test)
+    assert low == pytest.approx(0.06, abs=0.02)
+    assert high == pytest.approx(0.06, abs=0.02)
