@@ -24,7 +24,11 @@ train``, ``pairwise``: the action and one other feature per branch; ``free``),
 ``--engagement off`` leaves out its engagement column (``serving/engagement.py``; by
 default, as in ``touchpoint train``, ``on``), ``--offset-scale`` says whether the offset
 adds to the base's probability or to its log-odds (``serving/scoring.py``; by default as
-in ``touchpoint train``, ``training.train.OFFSET_SCALE``), and
+in ``touchpoint train``, ``training.train.OFFSET_SCALE``),
+``--conversion-effect-scale`` how many times the model's conversion uplift the policy
+weighs (by default, as in ``touchpoint train``, estimated on the training rows:
+``training/effect_scale.py``; the "effects taken from the truth" lines weigh the model's
+conversion effects the same way and the truth's at 1), and
 ``--refit all`` (or ``--refit-all``) refits it on every labelled row and ``--refit pre-test``
 on the rows before the test period, as ``touchpoint train --refit pre-test`` does
 (``training/refit.py``).  The measurements are in docs/TRAINING.md, "What limits the
@@ -60,8 +64,10 @@ from serving.bundle import Bundle  # noqa: E402
 from serving.engine import DecisionEngine  # noqa: E402
 from serving.policy import expected_values as action_values  # noqa: E402
 from serving.policy import greedy  # noqa: E402
+from touchpoint.cli import effect_scale  # noqa: E402
 from training.datasets import make_time_split  # noqa: E402
 from training.effect_features import effect_features  # noqa: E402
+from training.effect_scale import conversion_effect_scale  # noqa: E402
 from training.engagement import engagement_labels, fit_engagement  # noqa: E402
 from training.labels import (  # noqa: E402
     CHURN_LABELS,
@@ -137,6 +143,14 @@ def main() -> None:
         f"or to its log-odds (default {OFFSET_SCALE}, as in touchpoint train)",
     )
     parser.add_argument(
+        "--conversion-effect-scale",
+        type=effect_scale,
+        default="auto",
+        help="how many times the model's conversion uplift the policy weighs (default auto, "
+        "as in touchpoint train: estimated on the training rows, training/effect_scale.py; "
+        "1: the model's uplift as it is)",
+    )
+    parser.add_argument(
         "--engagement",
         choices=("on", "off"),
         default="on",
@@ -198,6 +212,17 @@ def main() -> None:
     codes = pd.Categorical(table["action"].astype(str), categories=actions).codes.astype(np.int64)
     X = table[list(spec.feature_names)].to_numpy(dtype=np.float64)
     tr, va = part == "train", part == "valid"
+    if args.conversion_effect_scale == "auto":
+        found = conversion_effect_scale(
+            labels["conversion"].to_numpy()[tr],
+            labels["conversion_before_send"].to_numpy()[tr],
+            codes[tr],
+        )
+        k = found.scale
+        print(f"conversion effect scale {k:.3f} (raw {found.raw:.3f}) {found.note}".rstrip())
+    else:
+        k = float(args.conversion_effect_scale)
+        print(f"conversion effect scale {k:g} (fixed)")
     print(
         f"{len(events):,} events, {len(table):,} labelled decision points "
         f"({tr.sum():,} train, {va.sum():,} valid) in {time.perf_counter() - started:.0f}s"
@@ -257,7 +282,8 @@ def main() -> None:
         fit_s = time.perf_counter() - started
         engine = DecisionEngine(
             Bundle(path=data, model_version=formulation, actions=actions, spec=spec,
-                   catalog=catalog, conversion=scorers[0], churn=scorers[1])
+                   catalog=catalog, conversion=scorers[0], churn=scorers[1],
+                   conversion_effect_scale=k)
         )  # fmt: skip
         metrics, chosen = simulated_truth(
             engine, events, customers, truth, catalog, best_single=NO_ACTION
@@ -404,8 +430,11 @@ def _swapped_effects(
     allowed = batch.scored.eligible.copy()
     allowed[:, 0] = True
     scored = batch.scored
+    # The model's conversion effects as the engine weighs them (its conversion effect
+    # scale); the truth's are one send's own effects already.
+    k = engine.bundle.conversion_effect_scale
     model = {
-        "conversion": scored.p_conversion - scored.p_conversion[:, [0]],
+        "conversion": k * (scored.p_conversion - scored.p_conversion[:, [0]]),
         "churn": scored.p_churn - scored.p_churn[:, [0]],
     }
     true = {o: _true_effects(truth, engine.actions, o) for o in ("conversion", "churn")}

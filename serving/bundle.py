@@ -2,7 +2,8 @@
 
 Layout::
 
-    bundle.json                 format, version, actions, feature spec, catalog, manifests
+    bundle.json                 format, version, actions, feature spec, catalog, manifests,
+                                policy settings
     conversion.<key>.txt        LightGBM text models (key = "all", "base", "offset" or an
     churn.<key>.txt             action id)
     engagement.txt              the engagement model both outcomes read, if any
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from features.catalog import Catalog, catalog_from_dict
 from features.schema import NO_ACTION
 from features.spec import FeatureSpec
@@ -32,9 +35,11 @@ BUNDLE_FILE = "bundle.json"
 #: The format written.  2 added the optional engagement model; 3 each outcome's
 #: ``offset_scale`` (serving/scoring.py), so that a reader that only adds offsets on the
 #: log-odds refuses a probability-scale model rather than misreading it.  Formats 1 and 2
-#: (log-odds offsets, no scale written) are read as before.
-FORMAT_VERSION = 3
-READ_FORMATS = (1, 2, 3)
+#: (log-odds offsets, no scale written) are read as before.  4 added the policy's
+#: ``conversion_effect_scale`` (:class:`Bundle`); formats 1-3 are read with 1, as they
+#: were served.
+FORMAT_VERSION = 4
+READ_FORMATS = (1, 2, 3, 4)
 
 
 class BundleError(ValueError):
@@ -53,6 +58,15 @@ class Bundle:
     conversion: OutcomeScorer
     churn: OutcomeScorer
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: The policy weighs each action's conversion uplift at this many times the model's:
+    #: the logged label's effects understate one send's own (training/effect_scale.py).
+    #: 1: the model's effects as they are.
+    conversion_effect_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        k = self.conversion_effect_scale
+        if not (isinstance(k, int | float) and np.isfinite(k) and k > 0):
+            raise BundleError(f"conversion_effect_scale must be a number > 0, got {k!r}")
 
     @property
     def channel_of(self) -> dict[str, str]:
@@ -68,9 +82,13 @@ def save_bundle(
     conversion: OutcomeScorer,
     churn: OutcomeScorer,
     metadata: Mapping[str, Any] | None = None,
+    conversion_effect_scale: float = 1.0,
 ) -> Path:
     """Write a bundle atomically: to a temporary sibling folder, then renamed into place."""
     folder = Path(folder)
+    k = conversion_effect_scale
+    if not (isinstance(k, int | float) and np.isfinite(k) and k > 0):
+        raise BundleError(f"conversion_effect_scale must be a number > 0, got {k!r}")
     if conversion.actions != churn.actions or conversion.actions[0] != NO_ACTION:
         raise BundleError("both scorers must share the action order, with 'none' first")
     if conversion.engagement is not churn.engagement:
@@ -86,6 +104,7 @@ def save_bundle(
         "conversion": conversion.save(tmp, "conversion"),
         "churn": churn.save(tmp, "churn"),
         "engagement": None if conversion.engagement is None else conversion.engagement.save(tmp),
+        "policy": {"conversion_effect_scale": float(k)},
         "metadata": dict(metadata or {}),
     }
     (tmp / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
@@ -120,6 +139,8 @@ def load_bundle(folder: str | Path) -> Bundle:
         )
         conversion = OutcomeScorer.load(folder, manifest["conversion"], actions, engagement)
         churn = OutcomeScorer.load(folder, manifest["churn"], actions, engagement)
+        # Formats 1-3 have no policy section: their conversion effects were served as is.
+        scale = (manifest.get("policy") or {}).get("conversion_effect_scale", 1.0)
     except KeyError as exc:
         raise BundleError(f"{manifest_path}: missing key {exc}") from exc
     except Exception as exc:  # LightGBM raises its own error type on a damaged model file
@@ -133,6 +154,7 @@ def load_bundle(folder: str | Path) -> Bundle:
         conversion=conversion,
         churn=churn,
         metadata=manifest.get("metadata", {}),
+        conversion_effect_scale=scale,
     )
 
 

@@ -88,7 +88,12 @@ class DecisionEngine:
         catalog = bundle.catalog
         self.costs = action_costs(catalog, self.actions)
         self.channels = action_channels(self.actions, bundle.channel_of)
+        #: The catalog's value of a conversion: what a logged conversion earns (rewards).
         self.conversion_value = catalog.objective.conversion_value
+        #: What the policy weighs a conversion uplift at: the value times the bundle's
+        #: conversion_effect_scale, as one send's own effect is larger than the logged
+        #: label's effects (training/effect_scale.py).
+        self.uplift_value = self.conversion_value * bundle.conversion_effect_scale
         self.churn_cost = catalog.objective.churn_cost
         self.feature_names = list(bundle.spec.feature_names)
         self.contact_columns = contact_columns(
@@ -101,7 +106,7 @@ class DecisionEngine:
         self._row_params = params_vector(
             cooldown_hours=policy.cooldown_hours,
             max_total=policy.max_total,
-            conversion_value=self.conversion_value,
+            conversion_value=self.uplift_value,
             churn_cost=self.churn_cost,
             softmax=exploration.method == "softmax",
             epsilon=exploration.epsilon,
@@ -138,7 +143,7 @@ class DecisionEngine:
             p_conv,
             p_churn,
             self.costs,
-            conversion_value=self.conversion_value,
+            conversion_value=self.uplift_value,
             churn_cost=self.churn_cost,
         )
         return ScoredRows(self.actions, p_conv, p_churn, scores, codes)

@@ -4,7 +4,8 @@ The policy ranks actions by expected value against no action,
 
     score(a) = V * (p_conv(a) - p_conv(none)) - C * (p_churn(a) - p_churn(none)) - cost(a),
 
-so a reason names a feature that moves that score.  For each outcome, LightGBM's
+so a reason names a feature that moves that score (``V``: the catalog's conversion value
+times the bundle's ``conversion_effect_scale``, as the engine weighs it).  For each outcome, LightGBM's
 ``pred_contrib`` (SHAP, log-odds) splits the action's uplift in log-odds,
 ``logit p(x, a) - logit p(x, none)``, over the features; each contribution is then put in
 the score's units with the slope of the probability, ``V * p(1 - p)`` for conversion and
@@ -89,7 +90,7 @@ def explain(
         _explained(bundle.conversion, with_action, wanted),
         _explained(bundle.churn, with_action, wanted),
         np.array(pairs),
-        objective.conversion_value * _slope(bundle.conversion, pc),
+        objective.conversion_value * bundle.conversion_effect_scale * _slope(bundle.conversion, pc),
         -objective.churn_cost * _slope(bundle.churn, pch),
         top,
     ).tolist()

@@ -292,6 +292,25 @@ def test_train_offset_scale_reaches_the_config_and_a_bag_needs_log_odds(
     assert "--offset-scale" in capsys.readouterr().err
 
 
+def test_train_conversion_effect_scale_reaches_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    default = build_parser().parse_args(["train", "--events", "e.csv"])
+    assert train_config(default).conversion_effect_scale == "auto"
+    assert TrainConfig().conversion_effect_scale == "auto"
+    fixed = ["train", "--events", "e.csv", "--conversion-effect-scale", "1.5"]
+    assert train_config(build_parser().parse_args(fixed)).conversion_effect_scale == 1.5
+    for bad in ("0", "-2", "nan", "inf", "twice"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--events", str(tmp_path / "e.csv"), "--conversion-effect-scale", bad])
+        assert exit_info.value.code == 2
+        assert "--conversion-effect-scale" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="'auto' or a number > 0"):
+        TrainConfig(conversion_effect_scale=0.0)
+    with pytest.raises(ValueError, match="'auto' or a number > 0"):
+        TrainConfig(conversion_effect_scale="estimate")  # type: ignore[arg-type]
+
+
 def test_train_offset_members_reach_the_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -81,6 +81,19 @@ def fraction(text: str) -> float:
     return value
 
 
+def effect_scale(text: str) -> float | str:
+    """``auto`` or a finite number > 0 (``--conversion-effect-scale``)."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number > 0")
+    return value
+
+
 def path_text(text: str) -> str:
     """A file or folder argument: an empty string would silently mean the current folder."""
     if not text.strip():
@@ -404,6 +417,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         offset_interactions=args.offset_interactions,
         engagement=args.engagement,
         offset_scale=scale,
+        conversion_effect_scale=args.conversion_effect_scale,
         **({} if args.offset_members is None else {"offset_members": args.offset_members}),
         refit=args.refit,
     )
@@ -1085,6 +1099,18 @@ def build_parser() -> argparse.ArgumentParser:
         "base: probability (default: training.train.OFFSET_SCALE): p = sigmoid(base) + "
         "offset, effects that do not scale with the base's p(1-p); log_odds: p = "
         "sigmoid(base + offset) (serving/scoring.py; docs/TRAINING.md)",
+    )
+    p.add_argument(
+        "--conversion-effect-scale",
+        type=effect_scale,
+        default="auto",
+        metavar="auto|K",
+        help="how many times the model's conversion uplift the policy weighs: auto "
+        "(default) estimates it on the training rows as the ratio of the send-minus-no-action "
+        "difference of purchases before the next send to that of purchases within the "
+        "horizon (the logging policy's follow-up sends dilute the latter), within [1, 4]; "
+        "a number > 0 fixes it, 1: the model's uplift as it is (training/effect_scale.py; "
+        "docs/TRAINING.md)",
     )
     p.add_argument(
         "--offset-members",

@@ -845,6 +845,17 @@ def policy_section(inputs: ReportInputs) -> Section:
             )
         )
         parts.append(policy_table_html(inputs.policy_table))
+        scale = inputs.metrics.get("policy.conversion_effect_scale")
+        if scale is not None and scale != 1.0:
+            parts.append(
+                para(
+                    "The model's policy counts each contact's effect on purchases "
+                    f"{scale:.2f} times what the purchase labels show: in the history, "
+                    "a contact is followed within days by more contacts, which hide part "
+                    "of its own effect (measured on the purchases made before the next "
+                    "contact). The estimates above score purchases as they were logged."
+                )
+            )
         weight = inputs.metrics.get("propensity.none_weight")
         if weight is not None and abs(weight - 1.0) > NONE_WEIGHT_TOLERANCE:
             parts.append(

@@ -26,6 +26,7 @@ from serving.engine import DecisionEngine
 from serving.scoring import Formulation, OffsetScale, OutcomeScorer
 from training.datasets import TimeSplit, make_time_split
 from training.effect_features import OffsetInteractions, effect_features
+from training.effect_scale import EffectScale, conversion_effect_scale
 from training.engagement import engagement_labels, fit_engagement
 from training.evaluation import (
     LoggedRounds,
@@ -91,6 +92,12 @@ class TrainConfig:
     #: ``probability`` (the default, by measurement: docs/TRAINING.md, "The offset's
     #: scale") or ``log_odds``.  A bag (``offset_members`` > 1) needs ``log_odds``.
     offset_scale: OffsetScale = OFFSET_SCALE
+    #: How many times the model's conversion uplift the policy weighs (serving/engine.py):
+    #: ``auto`` estimates it from the training rows (training/effect_scale.py: the logged
+    #: label's effects are diluted by the logging policy's follow-up sends; the default, by
+    #: measurement: docs/TRAINING.md, "One send's own effect"); a number > 0 fixes it (1:
+    #: the model's effects as they are).
+    conversion_effect_scale: float | Literal["auto"] = "auto"
     #: Boosters averaged in the shared offset, each on its own negative subsample
     #: (training/offset_bagging.py; by measurement: docs/TRAINING.md); 1: one booster.
     offset_members: int = OFFSET_MEMBERS
@@ -108,6 +115,11 @@ class TrainConfig:
     n_bootstrap: int = 500
     max_train_rows: int = 1_000_000
     lgb_params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        k = self.conversion_effect_scale
+        if k != "auto" and not (isinstance(k, int | float) and np.isfinite(k) and k > 0):
+            raise ValueError(f"conversion_effect_scale must be 'auto' or a number > 0, got {k!r}")
 
 
 @dataclass
@@ -208,6 +220,7 @@ def fit_and_evaluate(
     y_churn = labels["churn"].to_numpy(dtype=np.float64)
 
     train_idx = _cap_rows(np.flatnonzero(part == "train"), config.max_train_rows, config.seed)
+    effect_scale = _effect_scale(config, labels, codes, train_idx, progress)
     valid_idx, test_idx = np.flatnonzero(part == "valid"), np.flatnonzero(part == "test")
     for name, idx in (("train", train_idx), ("valid", valid_idx), ("test", test_idx)):
         counts[f"rows_{name}"] = len(idx)
@@ -304,7 +317,7 @@ def fit_and_evaluate(
         # Every candidate's policy graded on validation by the same reward estimates (the
         # mean of all the candidates'), so none grades its own choices (training/promotion.py).
         engines = {
-            f: _engine(conv, churn_, spec, catalog, bundle_dir, model_version)
+            f: _engine(conv, churn_, spec, catalog, bundle_dir, model_version, effect_scale.scale)
             for f, (conv, churn_, _reports) in fitted.items()
         }
         graded = grade_policies(
@@ -347,7 +360,10 @@ def fit_and_evaluate(
             "refit": config.refit if "rows_refit" in counts else "none",
             "engagement": conversion.engagement is not None,
             "offset_scale": conversion.offset_scale,
+            "conversion_effect_scale": effect_scale.scale,
+            "conversion_effect_scale_raw": effect_scale.raw,
         },
+        conversion_effect_scale=effect_scale.scale,
     )
     # Evaluate the bundle as serving will load it, not the in-memory objects.
     engine = DecisionEngine(load_bundle(bundle_dir))
@@ -357,6 +373,8 @@ def fit_and_evaluate(
     uplift_metrics_, curves = uplift_quality(engine, test_rounds)
     metrics.update(uplift_metrics_)
     metrics["propensity.none_weight"] = none_weight(test_rounds)
+    metrics["policy.conversion_effect_scale"] = effect_scale.scale
+    metrics["policy.conversion_effect_scale.raw"] = effect_scale.raw
     best_single = choose_best_single_action(engine, valid_rounds, seed=config.seed)
     policy_table = policy_value_table(
         engine,
@@ -439,6 +457,7 @@ def _engine(
     catalog: Catalog,
     bundle_dir: Path,
     model_version: str,
+    conversion_effect_scale: float,
 ) -> DecisionEngine:
     from serving.bundle import Bundle
 
@@ -451,8 +470,36 @@ def _engine(
             catalog=catalog,
             conversion=conversion,
             churn=churn,
+            conversion_effect_scale=conversion_effect_scale,
         )
     )
+
+
+def _effect_scale(
+    config: TrainConfig,
+    labels: pd.DataFrame,
+    codes: np.ndarray,
+    train_idx: np.ndarray,
+    progress: Progress,
+) -> EffectScale:
+    """The policy's conversion effect scale: fixed by the config, or estimated on the
+    training rows (training/effect_scale.py)."""
+    if config.conversion_effect_scale != "auto":
+        k = float(config.conversion_effect_scale)
+        progress(f"conversion effect scale: {k:g} (fixed)")
+        return EffectScale(k, float("nan"), float("nan"), float("nan"), "fixed")
+    found = conversion_effect_scale(
+        labels["conversion"].to_numpy()[train_idx],
+        labels["conversion_before_send"].to_numpy()[train_idx],
+        codes[train_idx],
+    )
+    progress(
+        f"conversion effect scale: {found.scale:.3f} (send minus no action on the training "
+        f"rows: {found.before_send_difference:+.4f} before the next send, "
+        f"{found.logged_difference:+.4f} within the horizon"
+        + (f"; {found.note})" if found.note else ")")
+    )
+    return found
 
 
 def _cap_rows(idx: np.ndarray, cap: int, seed: int) -> np.ndarray:

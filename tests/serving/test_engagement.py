@@ -180,7 +180,7 @@ def test_bundle_keeps_one_engagement_model_for_both_outcomes(
 ) -> None:
     folder = _bundle(tmp_path, engagement)
     manifest = json.loads((folder / "bundle.json").read_text())
-    assert manifest["format"] == FORMAT_VERSION == 3
+    assert manifest["format"] == FORMAT_VERSION == 4
     assert manifest["engagement"]["inputs"] == list(INPUTS)
     assert (folder / "engagement.txt").is_file()
     loaded = load_bundle(folder)

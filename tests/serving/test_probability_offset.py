@@ -109,7 +109,7 @@ def test_the_bundle_keeps_the_scale_and_older_bundles_read_as_log_odds(tmp_path:
         conversion=conversion, churn=churn,
     )  # fmt: skip
     manifest = json.loads((folder / "bundle.json").read_text())
-    assert manifest["format"] == 3
+    assert manifest["format"] == 4
     loaded = load_bundle(folder)
     assert loaded.conversion.offset_scale == loaded.churn.offset_scale == "probability"
     X = _X(4, 50)

@@ -306,3 +306,22 @@ def test_the_policy_section_warns_when_the_propensities_look_off(
     assert "look off" not in html[1.01]
     assert "look off (their check is 1.08; it is 1 when they are right)" in html[1.08]
     assert "their check is 0.90" in html[0.9]
+
+
+def test_the_policy_section_says_how_much_the_policy_scales_the_purchase_effects(
+    events: pd.DataFrame, tmp_path: Path
+) -> None:
+    table = _policy_table()
+    html = {
+        scale: build_report(
+            ReportInputs(
+                events=events,
+                policy_table=table,
+                metrics={"policy.conversion_effect_scale": scale},
+            ),
+            tmp_path / f"k{scale}.html",
+        ).read_text("utf-8")
+        for scale in (1.0, 1.38)
+    }
+    assert "times what the purchase labels show" not in html[1.0]
+    assert "effect on purchases 1.38 times what the purchase labels show" in html[1.38]

@@ -78,3 +78,41 @@ def test_engagement_on_puts_its_model_in_the_bundle_and_off_leaves_it_out(tmp_pa
     X = result.test_rounds.X[:200]
     every = on.conversion.engagement.per_action(X)
     assert (every[:, 0] == 0).all() and np.ptp(every[:, 1:].mean(axis=0)) > 0.05
+
+
+@pytest.mark.slow
+def test_the_conversion_effect_scale_reaches_the_bundle_and_moves_only_the_ranking(
+    tmp_path: Path,
+) -> None:
+    """``auto`` estimates the scale on the training rows and writes it to the bundle, its
+    metadata and the metrics; a fixed scale is kept as given.  The models are the same
+    either way (the scale is the policy's): the probabilities are equal, the scores are
+    the conversion uplift's weight apart."""
+    sim = simulate(n_customers=600, days=300, seed=5)
+    catalog = catalog_from_dict(sim.catalog)
+    results = {
+        scale: fit_and_evaluate(
+            sim.events,
+            sim.customers,
+            catalog,
+            TrainConfig(conversion_effect_scale=scale, n_bootstrap=10),
+            bundle_dir=tmp_path / str(scale),
+            model_version=str(scale),
+        )  # fmt: skip
+        for scale in ("auto", 2.5)
+    }
+    auto, fixed = results["auto"], results[2.5]
+    k = auto.engine.bundle.conversion_effect_scale
+    assert auto.metrics["policy.conversion_effect_scale"] == k
+    assert auto.engine.bundle.metadata["conversion_effect_scale"] == k
+    assert 1.0 <= k <= 4.0
+    assert fixed.engine.bundle.conversion_effect_scale == 2.5
+    assert np.isnan(fixed.metrics["policy.conversion_effect_scale.raw"])
+    X, when = auto.test_rounds.X[:500], auto.test_rounds.decision_time[:500]
+    a, b = auto.engine.score(X, when), fixed.engine.score(X, when)
+    np.testing.assert_array_equal(a.p_conversion, b.p_conversion)
+    uplift = a.p_conversion - a.p_conversion[:, [0]]
+    assert np.abs(uplift).max() > 1e-3
+    np.testing.assert_allclose(
+        b.scores - a.scores, (2.5 - k) * auto.engine.conversion_value * uplift, atol=1e-9
+    )
