@@ -9,10 +9,11 @@ For each customer and eligible action ``a``::
 so ``score(none) = 0`` and an action is only worth recommending when it beats leaving the
 customer alone.  The engine passes ``conversion_value`` times the bundle's
 ``conversion_effect_scale`` (serving/engine.py, training/effect_scale.py): the uplift of
-one send on its own, where the model's label sees it diluted by the follow-up sends.  The greedy policy takes the highest score.  Exploration (epsilon-greedy or
-softmax over scores) and a random control group make the policy stochastic; the
-probability of every action is computed exactly, so logged decisions support unbiased
-off-policy evaluation later.
+one send on its own, where the model's label sees it diluted by the follow-up sends.  The
+greedy policy takes the highest score.  Exploration (epsilon-greedy or softmax over
+scores) and a random control group make the policy stochastic; the probability of every
+action is computed exactly, so logged decisions support unbiased off-policy evaluation
+later.
 """
 
 from __future__ import annotations

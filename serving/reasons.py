@@ -5,13 +5,13 @@ The policy ranks actions by expected value against no action,
     score(a) = V * (p_conv(a) - p_conv(none)) - C * (p_churn(a) - p_churn(none)) - cost(a),
 
 so a reason names a feature that moves that score (``V``: the catalog's conversion value
-times the bundle's ``conversion_effect_scale``, as the engine weighs it).  For each outcome, LightGBM's
-``pred_contrib`` (SHAP, log-odds) splits the action's uplift in log-odds,
-``logit p(x, a) - logit p(x, none)``, over the features; each contribution is then put in
-the score's units with the slope of the probability, ``V * p(1 - p)`` for conversion and
-``-C * p(1 - p)`` for churn (first order), so that a conversion reason and a churn reason
-can be ranked against each other.  The text shows the log-odds contribution and which
-odds it moves: ``ch_email_open_rate=0.42 raises conversion odds over no action (+0.31)``,
+times the bundle's ``conversion_effect_scale``, as the engine weighs it).  For each
+outcome, LightGBM's ``pred_contrib`` (SHAP, log-odds) splits the action's uplift in
+log-odds, ``logit p(x, a) - logit p(x, none)``, over the features; each contribution is
+then put in the score's units with the slope of the probability, ``V * p(1 - p)`` for
+conversion and ``-C * p(1 - p)`` for churn (first order), so that a conversion reason and
+a churn reason can be ranked against each other.  The text shows the log-odds
+contribution and which odds it moves: ``ch_email_open_rate=0.42 raises conversion odds over no action (+0.31)``,
 ``days_since_last_event=12 lowers churn odds over no action (-0.20)``.
 
 For ``none`` itself the reasons say why leaving the customer alone beats the best action

@@ -361,7 +361,10 @@ def fit_and_evaluate(
             "engagement": conversion.engagement is not None,
             "offset_scale": conversion.offset_scale,
             "conversion_effect_scale": effect_scale.scale,
-            "conversion_effect_scale_raw": effect_scale.raw,
+            # None, not NaN, where there is no raw ratio: bundle.json stays strict JSON.
+            "conversion_effect_scale_raw": (
+                effect_scale.raw if np.isfinite(effect_scale.raw) else None
+            ),
         },
         conversion_effect_scale=effect_scale.scale,
     )

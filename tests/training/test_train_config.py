@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import get_args
 
@@ -108,6 +109,10 @@ def test_the_conversion_effect_scale_reaches_the_bundle_and_moves_only_the_ranki
     assert 1.0 <= k <= 4.0
     assert fixed.engine.bundle.conversion_effect_scale == 2.5
     assert np.isnan(fixed.metrics["policy.conversion_effect_scale.raw"])
+    assert fixed.engine.bundle.metadata["conversion_effect_scale_raw"] is None
+    # bundle.json stays strict JSON (no NaN) for readers other than Python's.
+    text = (tmp_path / "2.5" / "bundle.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in bundle.json"))
     X, when = auto.test_rounds.X[:500], auto.test_rounds.decision_time[:500]
     a, b = auto.engine.score(X, when), fixed.engine.score(X, when)
     np.testing.assert_array_equal(a.p_conversion, b.p_conversion)
