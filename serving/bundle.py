@@ -64,9 +64,7 @@ class Bundle:
     conversion_effect_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        k = self.conversion_effect_scale
-        if not (isinstance(k, int | float) and np.isfinite(k) and k > 0):
-            raise BundleError(f"conversion_effect_scale must be a number > 0, got {k!r}")
+        _check_scale(self.conversion_effect_scale)
 
     @property
     def channel_of(self) -> dict[str, str]:
@@ -86,9 +84,7 @@ def save_bundle(
 ) -> Path:
     """Write a bundle atomically: to a temporary sibling folder, then renamed into place."""
     folder = Path(folder)
-    k = conversion_effect_scale
-    if not (isinstance(k, int | float) and np.isfinite(k) and k > 0):
-        raise BundleError(f"conversion_effect_scale must be a number > 0, got {k!r}")
+    _check_scale(conversion_effect_scale)
     if conversion.actions != churn.actions or conversion.actions[0] != NO_ACTION:
         raise BundleError("both scorers must share the action order, with 'none' first")
     if conversion.engagement is not churn.engagement:
@@ -104,7 +100,7 @@ def save_bundle(
         "conversion": conversion.save(tmp, "conversion"),
         "churn": churn.save(tmp, "churn"),
         "engagement": None if conversion.engagement is None else conversion.engagement.save(tmp),
-        "policy": {"conversion_effect_scale": float(k)},
+        "policy": {"conversion_effect_scale": float(conversion_effect_scale)},
         "metadata": dict(metadata or {}),
     }
     (tmp / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
@@ -156,6 +152,13 @@ def load_bundle(folder: str | Path) -> Bundle:
         metadata=manifest.get("metadata", {}),
         conversion_effect_scale=scale,
     )
+
+
+def _check_scale(k: object) -> None:
+    """Refuse a conversion effect scale that is not a finite number > 0 (on save and on
+    load: a bundle.json edited by hand must not rank by a NaN or a negative weight)."""
+    if not (isinstance(k, int | float) and np.isfinite(k) and k > 0):
+        raise BundleError(f"conversion_effect_scale must be a number > 0, got {k!r}")
 
 
 def _remove_tree(folder: Path) -> None:
