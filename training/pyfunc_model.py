@@ -3,6 +3,12 @@
 Our own service does not use this (it loads the bundle folder directly and is far faster);
 it exists so that ``mlflow.pyfunc.load_model("models:/touchpoint@champion")`` works and so
 that ``mlflow models serve`` can be measured side by side.
+
+The model is logged "from code" (``training/tracking.py`` passes this file's path to
+``mlflow.pyfunc.log_model``): MLflow keeps this source next to the bundle and runs it when
+the model is loaded, so the registry holds no pickle of the wrapper.  Nothing in touchpoint
+imports this module; loading it still runs code, so load models only from registries you
+trust.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
 
@@ -32,3 +39,6 @@ class TouchpointPyfunc(PythonModel):
                 "p_churn": self.bundle.churn.predict_logged(X, codes),
             }
         )
+
+
+set_model(TouchpointPyfunc())

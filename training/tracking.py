@@ -111,11 +111,12 @@ def log_bundle_model(bundle_dir: Path, *, register: bool = True) -> tuple[str | 
     Returns the registered version (or None) and the model URI.  The pyfunc wrapper lets
     ``mlflow models serve`` and ``mlflow.pyfunc.load_model`` use the bundle too.
     """
-    from training.pyfunc_model import TouchpointPyfunc
-
+    # "Models from code": the wrapper's source file, not a CloudPickle of an instance
+    # (training/pyfunc_model.py), so that the registry holds no pickle.
+    code = Path(__file__).with_name("pyfunc_model.py")
     info = mlflow.pyfunc.log_model(
         name="touchpoint",
-        python_model=TouchpointPyfunc(),
+        python_model=str(code),
         artifacts={"bundle": str(bundle_dir)},
         registered_model_name=MODEL_NAME if register else None,
     )

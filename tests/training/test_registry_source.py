@@ -18,6 +18,8 @@ from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc  # the real module, not mlflow's lazy placeholder: patched below
+import numpy as np
+import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
@@ -141,6 +143,27 @@ def test_fetch_returns_a_loadable_bundle_of_that_version(
         manifest = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))
         assert manifest["model_version"] == tag
         assert load_bundle(folder).model_version == tag
+
+
+def test_the_registered_pyfunc_scores_like_the_bundle_and_holds_no_pickle(
+    registry: Registry,
+) -> None:
+    """The wrapper is logged from its source file (training/pyfunc_model.py), not pickled:
+    ``mlflow.pyfunc.load_model`` runs that source and predicts each row under its action
+    as the bundle does."""
+    uri = f"models:/{tracking.MODEL_NAME}/1"
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(registry.root / "pf")))
+    assert not list(local.rglob("*.pkl")), sorted(p.name for p in local.rglob("*"))
+    assert (local / "pyfunc_model.py").is_file()
+    bundle = load_bundle(registry.root / "bundle-a")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, bundle.spec.n_features))
+    frame = pd.DataFrame(X, columns=list(bundle.spec.feature_names))
+    frame["action"] = [bundle.actions[i % len(bundle.actions)] for i in range(len(X))]
+    codes = np.arange(len(X)) % len(bundle.actions)
+    out = mlflow.pyfunc.load_model(uri).predict(frame)
+    np.testing.assert_allclose(out["p_conversion"], bundle.conversion.predict_logged(X, codes))
+    np.testing.assert_allclose(out["p_churn"], bundle.churn.predict_logged(X, codes))
 
 
 def test_fetch_of_an_unknown_version_raises_and_leaves_nothing(
