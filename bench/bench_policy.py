@@ -67,7 +67,6 @@ from serving.policy import greedy  # noqa: E402
 from touchpoint.cli import effect_scale  # noqa: E402
 from training.datasets import make_time_split  # noqa: E402
 from training.effect_features import effect_features  # noqa: E402
-from training.effect_scale import conversion_effect_scale  # noqa: E402
 from training.engagement import engagement_labels, fit_engagement  # noqa: E402
 from training.labels import (  # noqa: E402
     CHURN_LABELS,
@@ -86,7 +85,12 @@ from training.simulator import (  # noqa: E402
     write_simulation,
 )
 from training.simulator_eval import expected_values  # noqa: E402
-from training.train import OFFSET_SCALE, TrainConfig, feature_spec_for  # noqa: E402
+from training.train import (  # noqa: E402
+    OFFSET_SCALE,
+    TrainConfig,
+    feature_spec_for,
+    policy_effect_scale,
+)
 from training.truth import campaign_moment, simulated_truth  # noqa: E402
 
 
@@ -195,6 +199,7 @@ def main() -> None:
         seed=args.seed,
         none_per_send=args.none_per_send,
         min_none_per_customer=args.min_none_per_customer,
+        conversion_effect_scale=args.conversion_effect_scale,
     )
     spec = feature_spec_for(events, customers, catalog, config)
     started = time.perf_counter()
@@ -212,17 +217,7 @@ def main() -> None:
     codes = pd.Categorical(table["action"].astype(str), categories=actions).codes.astype(np.int64)
     X = table[list(spec.feature_names)].to_numpy(dtype=np.float64)
     tr, va = part == "train", part == "valid"
-    if args.conversion_effect_scale == "auto":
-        found = conversion_effect_scale(
-            labels["conversion"].to_numpy()[tr],
-            labels["conversion_before_send"].to_numpy()[tr],
-            codes[tr],
-        )
-        k = found.scale
-        print(f"conversion effect scale {k:.3f} (raw {found.raw:.3f}) {found.note}".rstrip())
-    else:
-        k = float(args.conversion_effect_scale)
-        print(f"conversion effect scale {k:g} (fixed)")
+    k = policy_effect_scale(config, labels, codes, np.flatnonzero(tr), print).scale
     print(
         f"{len(events):,} events, {len(table):,} labelled decision points "
         f"({tr.sum():,} train, {va.sum():,} valid) in {time.perf_counter() - started:.0f}s"

@@ -11,7 +11,8 @@ log-odds, ``logit p(x, a) - logit p(x, none)``, over the features; each contribu
 then put in the score's units with the slope of the probability, ``V * p(1 - p)`` for
 conversion and ``-C * p(1 - p)`` for churn (first order), so that a conversion reason and
 a churn reason can be ranked against each other.  The text shows the log-odds
-contribution and which odds it moves: ``ch_email_open_rate=0.42 raises conversion odds over no action (+0.31)``,
+contribution and which odds it moves:
+``ch_email_open_rate=0.42 raises conversion odds over no action (+0.31)``,
 ``days_since_last_event=12 lowers churn odds over no action (-0.20)``.
 
 For ``none`` itself the reasons say why leaving the customer alone beats the best action

@@ -207,7 +207,7 @@ class OutcomeScorer:
         """The probabilities of the shared offset's raw scores on top of the base's."""
         if self.offset_scale == "log_odds":
             return _sigmoid(base + offset)
-        return np.clip(_sigmoid(base) + offset, PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR)
+        return clip_probability(_sigmoid(base) + offset)
 
     def _run(self, key: str, kind: Kind, X: np.ndarray) -> np.ndarray:
         """One booster's predictions through the C API (serving.lgbm_predict)."""
@@ -372,7 +372,7 @@ class _RowLogits:
 
     def __call__(self, x: np.ndarray, engagement: np.ndarray | None = None) -> np.ndarray:
         """The logits of row ``x``; ``engagement``: each action's, with an engagement model."""
-        return self._sums(x, engagement, self.base_end)
+        return self._sums(self._row(x), engagement, self.base_end)
 
     def base_and_offsets(
         self, x: np.ndarray, engagement: np.ndarray | None = None
@@ -380,18 +380,21 @@ class _RowLogits:
         """Row ``x``'s base raw score (shape ``(1,)``) and every action's offset raw
         score apart, for a probability-scale offset: each the sum LightGBM's raw score of
         its booster is, so ``sigmoid(base) + offset`` is what the batch path computes."""
+        row = self._row(x)
         # With no base trees the kernel's base is 0.0, and 0.0 + offset is the offset.
-        offsets = self._sums(x, engagement, 0)
+        offsets = self._sums(row, engagement, 0)
+        return np.array([tree_sum(row, 0, self.base_end, *self.arrays)]), offsets
+
+    def _row(self, x: np.ndarray) -> np.ndarray:
+        """A scratch row per call (threads share self): ``x``, then the columns the kernel
+        fills in (engagement, action code)."""
         row = np.zeros(self.width)
         row[: self.n_features] = x
-        base = tree_sum(row, 0, self.base_end, *self.arrays)
-        return np.array([base]), offsets
+        return row
 
-    def _sums(self, x: np.ndarray, engagement: np.ndarray | None, base_end: int) -> np.ndarray:
+    def _sums(self, row: np.ndarray, engagement: np.ndarray | None, base_end: int) -> np.ndarray:
         """Each action's offset raw score plus the raw score of the first ``base_end``
-        trees (all of the base's, or none)."""
-        row = np.zeros(self.width)  # a scratch row per call: threads share self
-        row[: self.n_features] = x
+        trees (all of the base's, or none), for a :meth:`_row`."""
         out = np.empty(self.action_trees.shape[0])
         values = self._no_engagement if engagement is None else engagement
         action_logits(
@@ -417,6 +420,12 @@ def _with_actions(
         by_row[:, :, f] = engagement
     by_row[:, :, -1] = codes
     return rows
+
+
+def clip_probability(p: np.ndarray) -> np.ndarray:
+    """Probabilities as a probability-scale offset leaves them: within
+    [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR] (training clips its kept scores alike)."""
+    return np.clip(p, PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

@@ -27,11 +27,11 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from serving.engagement import ENGAGEMENT_COLUMN, EngagementModel
 from serving.scoring import (
     OFFSET_SCALES,
-    PROBABILITY_FLOOR,
     Calibration,
     Formulation,
     OffsetScale,
     OutcomeScorer,
+    clip_probability,
 )
 from training.booster_average import average_boosters
 from training.effect_features import OffsetInteractions, offset_params
@@ -342,8 +342,9 @@ def fit_outcome_models(
     ``negative_keep`` (default :data:`NEGATIVE_KEEP`; ``single`` and ``shared_offset``):
     each outcome's boosters train on all of its positive rows and a seeded random share
     ``negative_keep`` of its negative rows, weighted ``1 / negative_keep`` (except a
-    probability-scale offset, which trains on every row, up to a cap: see ``offset_scale``).  The validation
-    rows (early stopping, calibration) are all kept, unweighted.
+    probability-scale offset, which trains on every row, up to a cap: see
+    ``offset_scale``).  The validation rows (early stopping, calibration) are all kept,
+    unweighted.
 
     ``offset_features`` (``shared_offset`` only; default: every feature): the features the
     offset booster may split on besides the action (``training.effect_features``).
@@ -469,18 +470,22 @@ def fit_outcome_models(
             with_action_params,
         )
     shared.add_action(a_train, a_valid, with_action_params)
-    scale: OffsetScale = offset_scale if formulation == "shared_offset" else "log_odds"
     # A probability-scale offset trains on every row (up to PROBABILITY_OFFSET_MAX_ROWS),
     # unweighted: least squares weighs every row alike, so the negative sample's 1/keep
     # weights multiply the noise of its leaves (the log-odds' hessians put the weight on
     # the rare positives instead).  Measured on the simulator (docs/TRAINING.md, "The
     # offset's scale").
-    offset_rows = uniform_rows(len(X_train), PROBABILITY_OFFSET_MAX_ROWS, seed)
+    offset_rows = (
+        uniform_rows(len(X_train), PROBABILITY_OFFSET_MAX_ROWS, seed)
+        if offset_scale == "probability"
+        else None
+    )
     for outcome in y_train:
-        sample = offset_rows if scale == "probability" else rows[outcome]
+        sample = rows[outcome] if offset_rows is None else offset_rows
         train, valid = shared.copy(sample, y_train[outcome], y_valid[outcome])
-        stage = _Stage(key, {**with_action_params, "num_threads": threads}, train, valid, scale)
-        if scale == "probability" and (rows[outcome].rows is not None or sample.rows is not None):
+        stage_params = {**with_action_params, "num_threads": threads}
+        stage = _Stage(key, stage_params, train, valid, offset_scale)
+        if offset_rows is not None and (rows[outcome].rows is not None or sample.rows is not None):
             # Not the base's rows: the base scores them anew.
             stage.init_rows_from, stage.init_rows = X_train, sample.rows
         chains[outcome].append(stage)
@@ -638,7 +643,8 @@ def _fit_chain(
         )
         if stage.adds_to == "probability":
             # Least squares' scores are the sum base + offset, not kept inside (0, 1).
-            train_scores, valid_scores = _clip(train_scores), _clip(valid_scores)
+            train_scores = clip_probability(train_scores)
+            valid_scores = clip_probability(valid_scores)
         boosters[stage.key] = previous = booster
         scores = (train_scores, valid_scores)
         elapsed = time.perf_counter() - started
@@ -717,11 +723,6 @@ def negative_sample(y: np.ndarray, keep: float, seed: int) -> RowSample:
     rows = np.flatnonzero((y > 0) | (draw < keep))
     weights = np.where(y[rows] > 0, 1.0, 1.0 / keep)
     return RowSample(rows=rows, weights=weights)
-
-
-def _clip(p: np.ndarray) -> np.ndarray:
-    """Probabilities as a probability-scale scorer clips them (serving/scoring.py)."""
-    return np.clip(p, PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR)
 
 
 def _scores_at_best_iteration(booster: lgb.Booster) -> tuple[np.ndarray, np.ndarray]:

@@ -220,7 +220,7 @@ def fit_and_evaluate(
     y_churn = labels["churn"].to_numpy(dtype=np.float64)
 
     train_idx = _cap_rows(np.flatnonzero(part == "train"), config.max_train_rows, config.seed)
-    effect_scale = _effect_scale(config, labels, codes, train_idx, progress)
+    effect_scale = policy_effect_scale(config, labels, codes, train_idx, progress)
     valid_idx, test_idx = np.flatnonzero(part == "valid"), np.flatnonzero(part == "test")
     for name, idx in (("train", train_idx), ("valid", valid_idx), ("test", test_idx)):
         counts[f"rows_{name}"] = len(idx)
@@ -478,7 +478,7 @@ def _engine(
     )
 
 
-def _effect_scale(
+def policy_effect_scale(
     config: TrainConfig,
     labels: pd.DataFrame,
     codes: np.ndarray,
@@ -486,7 +486,8 @@ def _effect_scale(
     progress: Progress,
 ) -> EffectScale:
     """The policy's conversion effect scale: fixed by the config, or estimated on the
-    training rows (training/effect_scale.py)."""
+    training rows ``train_idx`` of ``labels`` and ``codes`` (training/effect_scale.py).
+    ``bench/bench_policy.py`` calls it too."""
     if config.conversion_effect_scale != "auto":
         k = float(config.conversion_effect_scale)
         progress(f"conversion effect scale: {k:g} (fixed)")
