@@ -28,7 +28,8 @@ in ``touchpoint train``, ``training.train.OFFSET_SCALE``),
 ``--conversion-effect-scale`` how many times the model's conversion uplift the policy
 weighs (by default, as in ``touchpoint train``, estimated on the training rows:
 ``training/effect_scale.py``; the "effects taken from the truth" lines weigh the model's
-conversion effects the same way and the truth's at 1), and
+conversion effects the same way and the truth's at 1, and the last of them score the
+model's unscaled conversion uplift resized by each factor of ``CONVERSION_SWEEP``), and
 ``--refit all`` (or ``--refit-all``) refits it on every labelled row and ``--refit pre-test``
 on the rows before the test period, as ``touchpoint train --refit pre-test`` does
 (``training/refit.py``).  The measurements are in docs/TRAINING.md, "What limits the
@@ -92,6 +93,10 @@ from training.train import (  # noqa: E402
     policy_effect_scale,
 )
 from training.truth import campaign_moment, simulated_truth  # noqa: E402
+
+#: The sizes of the model's conversion uplift the "effects" lines also score (docs/TRAINING.md,
+#: "One send's own effect").
+CONVERSION_SWEEP = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 
 
 def main() -> None:
@@ -297,7 +302,10 @@ def main() -> None:
         )
         print("  mean effect on P(conversion) and P(churn) against no action, estimated vs true:")
         print(effect_table.to_string(float_format=lambda v: f"{v:+.4f}"))
-        print("  oracle fraction if the policy chose with some effects taken from the truth:")
+        print(
+            "  oracle fraction if the policy chose with some effects taken from the truth "
+            "(or its conversion uplift resized):"
+        )
         for label, fraction in swaps.items():
             print(f"    {label:62s} {fraction:.3f}")
         print("  value lost by the action the oracle chooses (shares of the customers and of")
@@ -428,8 +436,9 @@ def _swapped_effects(
     # The model's conversion effects as the engine weighs them (its conversion effect
     # scale); the truth's are one send's own effects already.
     k = engine.bundle.conversion_effect_scale
+    unscaled = scored.p_conversion - scored.p_conversion[:, [0]]
     model = {
-        "conversion": k * (scored.p_conversion - scored.p_conversion[:, [0]]),
+        "conversion": k * unscaled,
         "churn": scored.p_churn - scored.p_churn[:, [0]],
     }
     true = {o: _true_effects(truth, engine.actions, o) for o in ("conversion", "churn")}
@@ -466,6 +475,14 @@ def _swapped_effects(
         "true conversion effects, each action's true mean churn effect": fraction(
             true["conversion"], mean["churn"]
         ),
+        # The conversion effect scale's question (training/effect_scale.py): what the
+        # model's own conversion uplift would be worth at other sizes, no truth in it.
+        **{
+            f"the model's unscaled conversion uplift x{c:g}, churn as is": fraction(
+                c * unscaled, model["churn"]
+            )
+            for c in CONVERSION_SWEEP
+        },
     }
 
 
